@@ -1,0 +1,158 @@
+"""Model configurations and presets (the single source of truth for architecture fields).
+
+A config serialises to ``config.json`` with an ``architecture`` field (``"matmulfree"`` or
+``"transformer"``) so that :func:`matmulfree.load` can open either kind. Loading validates every
+field: unknown names and wrong types raise :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A config (file or dict) has an unknown field, a wrong type or an invalid value."""
+
+
+def glu_hidden_size(d_model: int, multiple_of: int = 256) -> int:
+    """Paper rule for the GLU width: ``ceil(8 d / 3)`` rounded up to a multiple of ``multiple_of``."""
+    return multiple_of * math.ceil(math.ceil(8 * d_model / 3) / multiple_of)
+
+
+def _check_type(owner: str, name: str, value: Any, annotation: str) -> Any:
+    """Validate ``value`` against a (string) annotation of the simple kinds used in configs."""
+    allowed = [a.strip() for a in annotation.split("|")]
+    if value is None and "None" in allowed:
+        return value
+    for a in allowed:
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if a == "bool" and isinstance(value, bool):
+            return value
+        if a == "str" and isinstance(value, str):
+            return value
+    raise ConfigError(f"{owner}: field '{name}' must be {annotation}, got {value!r} ({type(value).__name__})")
+
+
+@dataclass
+class _BaseConfig:
+    architecture: ClassVar[str] = ""
+
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    intermediate_size: int | None = None
+    max_seq_len: int = 2048
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(owner, f.name, getattr(self, f.name), str(f.type)))
+        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{owner}: field '{name}' must be positive, got {getattr(self, name)}")
+        if self.intermediate_size is None:
+            self.intermediate_size = glu_hidden_size(self.d_model)
+        if self.intermediate_size <= 0:
+            raise ConfigError(f"{owner}: field 'intermediate_size' must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> _BaseConfig:
+        """Build a config, rejecting unknown fields (the error names them and ``source``)."""
+        data = dict(data)
+        arch = data.pop("architecture", cls.architecture)
+        if arch != cls.architecture:
+            raise ConfigError(f"{source}: architecture '{arch}' does not match {cls.__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+@dataclass
+class MatMulFreeConfig(_BaseConfig):
+    """MatMul-free LM: MLGRU token mixer + ternary GLU, every projection a BitLinear.
+
+    ``gate``: ``"paper"`` (``o' = g * sigmoid(h)``) or ``"released"`` (``o' = RMSNorm(g) * SiLU(h)``).
+    ``forget_lower_bound``: learnable per-layer lower bound on the forget gate (cumulative softmax).
+    ``ternary_head``: the LM head is a BitLinear (else a full-precision linear).
+    """
+
+    architecture: ClassVar[str] = "matmulfree"
+
+    gate: str = "paper"
+    forget_lower_bound: bool = False
+    ternary_head: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gate not in ("paper", "released"):
+            raise ConfigError(f"MatMulFreeConfig: field 'gate' must be 'paper' or 'released', got {self.gate!r}")
+
+
+@dataclass
+class TransformerConfig(_BaseConfig):
+    """Transformer++ baseline (Llama-style): RMSNorm, RoPE, SwiGLU, causal attention, full precision."""
+
+    architecture: ClassVar[str] = "transformer"
+
+    n_heads: int = 4
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_heads <= 0 or self.d_model % self.n_heads:
+            raise ConfigError(
+                f"TransformerConfig: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError("TransformerConfig: head dimension d_model / n_heads must be even for RoPE")
+
+
+CONFIG_CLASSES: dict[str, type[_BaseConfig]] = {
+    MatMulFreeConfig.architecture: MatMulFreeConfig,
+    TransformerConfig.architecture: TransformerConfig,
+}
+
+#: Shapes shared by both architectures. Paper sizes use a 32k vocabulary.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=256, d_model=128, n_layers=4, intermediate_size=384),
+    "small": dict(vocab_size=256, d_model=256, n_layers=6, intermediate_size=768),
+    "fpga": dict(vocab_size=256, d_model=128, n_layers=4, intermediate_size=256, max_seq_len=256),
+    "370m": dict(vocab_size=32000, d_model=1024, n_layers=24),
+    "1.3b": dict(vocab_size=32000, d_model=2048, n_layers=24),
+    "2.7b": dict(vocab_size=32000, d_model=2560, n_layers=32),
+}
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> _BaseConfig:
+    """Dispatch on ``data["architecture"]``; unknown architectures raise :class:`ConfigError`."""
+    arch = data.get("architecture")
+    if arch not in CONFIG_CLASSES:
+        raise ConfigError(f"{source}: unknown architecture {arch!r}; expected one of {sorted(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[arch].from_dict(data, source)
+
+
+def preset(name: str, architecture: str = "matmulfree", **overrides: Any) -> _BaseConfig:
+    """Config for a named preset (``tiny``, ``small``, ``fpga``, ``370m``, ``1.3b``, ``2.7b``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    fields = {**PRESETS[name], **overrides}
+    if architecture == "transformer" and "n_heads" not in fields:
+        fields["n_heads"] = max(1, fields["d_model"] // 64)
+    return config_from_dict({"architecture": architecture, **fields}, f"preset {name!r}")

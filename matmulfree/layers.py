@@ -1,0 +1,206 @@
+"""Building blocks: RMSNorm, BitLinear, the MLGRU token mixer and the ternary GLU channel mixer.
+
+Every layer has a parallel (whole-sequence) path for training and prefill and a recurrent
+single-step path with explicit state for generation; tests check that they agree.
+Shapes: ``B`` batch, ``T`` time, ``d`` width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backend
+from .quant import (
+    activation_quantize,
+    activation_quantize_ste,
+    pack_ternary,
+    ternary_quantize,
+    ternary_quantize_ste,
+    unpack_ternary,
+)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in fp32."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learnable gain ``(d,)``."""
+
+    def __init__(self, d: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class BitLinear(nn.Module):
+    """Ternary linear layer ``in_features -> out_features`` with the RMSNorm inside (no bias).
+
+    Training mode keeps latent fp32 weights ``(out, in)`` and fake-quantizes weights (absmean,
+    ternary) and activations (per-token absmax, int8) with straight-through gradients.
+    After :meth:`pack` the layer holds only the packed 2-bit weights ``(out, ceil(in/4))`` uint8 and
+    the scale ``s_w`` and computes from them. Both paths compute
+    ``y = (x_q @ W_q^T) / (s_x * s_w)`` with integer-valued operands, so they agree exactly.
+    """
+
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-6, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.eps = in_features, out_features, eps
+        self.norm = RMSNorm(in_features, eps)
+        self.weight: nn.Parameter | None = nn.Parameter(torch.randn(out_features, in_features) * init_std)
+        self.packed = False
+
+    # -- inference storage -------------------------------------------------------------
+    @torch.no_grad()
+    def pack(self) -> None:
+        """Replace the latent weights by packed ternary weights and their scale (irreversible)."""
+        if self.packed:
+            return
+        w_q, s_w = ternary_quantize(self.weight)
+        self.weight = None
+        self.register_buffer("weight_packed", pack_ternary(w_q))
+        self.register_buffer("weight_scale", s_w.reshape(()).clone())
+        self.packed = True
+
+    def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_q int8 (out, in), s_w fp32 scalar)`` in either mode."""
+        if self.packed:
+            return unpack_ternary(self.weight_packed, self.in_features), self.weight_scale
+        return ternary_quantize(self.weight)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., in) -> (..., out)``."""
+        if backend.use_triton(x):
+            from matmulfree.triton_kernels import bitlinear_dispatch
+
+            return bitlinear_dispatch(self, x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain PyTorch path (the reference every kernel is compared with)."""
+        x_n = self.norm(x)
+        if self.packed:
+            x_q, s_x = activation_quantize(x_n)
+            w_q = unpack_ternary(self.weight_packed, self.in_features, torch.float32)
+            y = F.linear(x_q.float(), w_q) / (s_x * self.weight_scale)
+            return y.to(x.dtype)
+        x_int, s_x = activation_quantize_ste(x_n)
+        w_int, s_w = ternary_quantize_ste(self.weight)
+        y = F.linear(x_int, w_int.to(x_int.dtype)) / (s_x * s_w).to(x_int.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, packed={self.packed}"
+
+
+def linear_recurrence_scan(f: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """All states of ``h_t = f_t * h_{t-1} + b_t`` for inputs ``(B, T, d)``; ``h0 (B, d)`` or zero.
+
+    A Hillis-Steele associative scan over time: ``ceil(log2 T)`` vectorised steps combining
+    ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)``. It uses only products and sums of fp32 values
+    (no ``exp``/``log``), so it cannot overflow; decays below fp32's range flush to zero as they
+    would in the sequential loop. The result equals the sequential recurrence up to fp32 rounding
+    of a different summation order (relative error ~1e-6; see tests). Autograd memory grows as
+    ``O(B T d log T)``; the Triton kernel (``matmulfree.triton_kernels``) avoids that on GPU.
+    """
+    a, h = f, b
+    if h0 is not None:
+        h = torch.cat([h[:, :1] + a[:, :1] * h0.unsqueeze(1), h[:, 1:]], dim=1)
+    T, step = f.shape[1], 1
+    while step < T:
+        h = torch.cat([h[:, :step], h[:, step:] + a[:, step:] * h[:, :-step]], dim=1)
+        a = torch.cat([a[:, :step], a[:, step:] * a[:, :-step]], dim=1)
+        step *= 2
+    return h
+
+
+def linear_recurrence_naive(f: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequential reference of :func:`linear_recurrence_scan` (a Python loop over time)."""
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    out = []
+    for t in range(f.shape[1]):
+        h = f[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+class MLGRU(nn.Module):
+    """MatMul-free linear gated recurrent unit (token mixer), four BitLinear ``d -> d`` projections.
+
+    ``f = sigmoid(x W_f)`` (optionally ``lb + (1 - lb) f``), ``c = SiLU(x W_c)``,
+    ``h_t = f_t h_{t-1} + (1 - f_t) c_t``, ``g = x W_g``, output gate ``g * sigmoid(h)`` ("paper")
+    or ``RMSNorm(g) * SiLU(h)`` ("released"), then ``o = o' W_o``. State: ``h (B, d)`` in fp32.
+    """
+
+    def __init__(self, d: int, gate: str = "paper", eps: float = 1e-6, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.d, self.gate = d, gate
+        self.f_proj = BitLinear(d, d, eps, init_std)
+        self.c_proj = BitLinear(d, d, eps, init_std)
+        self.g_proj = BitLinear(d, d, eps, init_std)
+        self.o_proj = BitLinear(d, d, eps, init_std)
+        self.g_norm = RMSNorm(d, eps) if gate == "released" else None
+
+    def gates(
+        self, x: torch.Tensor, lower_bound: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forget gate ``f``, recurrence input ``(1 - f) c`` and output gate ``g`` (all fp32)."""
+        f = torch.sigmoid(self.f_proj(x).float())
+        if lower_bound is not None:
+            f = lower_bound + (1 - lower_bound) * f
+        c = F.silu(self.c_proj(x).float())
+        return f, (1 - f) * c, self.g_proj(x).float()
+
+    def output(self, g: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.gate == "released":
+            o = self.g_norm(g) * F.silu(h)
+        else:
+            o = g * torch.sigmoid(h)
+        return self.o_proj(o.to(dtype))
+
+    def forward(
+        self, x: torch.Tensor, h0: torch.Tensor | None = None, lower_bound: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parallel path: ``x (B, T, d)`` -> ``(o (B, T, d), h_T (B, d))``."""
+        f, b, g = self.gates(x, lower_bound)
+        if backend.use_triton(x):
+            from matmulfree.triton_kernels import mlgru_scan
+
+            h = mlgru_scan(f, b, h0)
+        else:
+            h = linear_recurrence_scan(f, b, h0)
+        return self.output(g, h, x.dtype), h[:, -1]
+
+    def step(
+        self, x: torch.Tensor, h: torch.Tensor | None, lower_bound: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent path: one token ``x (B, d)`` and state ``h (B, d)`` -> ``(o (B, d), h')``."""
+        f, b, g = self.gates(x, lower_bound)
+        h = b if h is None else f * h + b
+        return self.output(g, h, x.dtype), h
+
+
+class GLU(nn.Module):
+    """Ternary GLU channel mixer: ``[g, u] = x W_in`` (one fused ``d -> 2l`` BitLinear),
+    ``y = (SiLU(g) * u) W_down``. Stateless, so the step path is the parallel path."""
+
+    def __init__(self, d: int, hidden: int, eps: float = 1e-6, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w_in = BitLinear(d, 2 * hidden, eps, init_std)
+        self.w_down = BitLinear(hidden, d, eps, init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.w_in(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(g) * u)

@@ -1,0 +1,1 @@
+"""Training recipes (YAML), installed as package data."""

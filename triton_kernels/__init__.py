@@ -1,0 +1,1 @@
+"""Fused Triton kernels (training) and packed 2-bit ternary kernels (inference)."""
