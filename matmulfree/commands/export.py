@@ -19,7 +19,7 @@ TARGETS = {
 
 def _target_modules():
     seen = {}
-    for target, name in TARGETS.items():
+    for name in TARGETS.values():
         try:
             seen.setdefault(name, importlib.import_module(name))
         except ImportError:
