@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matmulfree.fpga import fidelity, intref
 
 import matmulfree
-from matmulfree.fpga import fidelity, intref
 
 
 def _tokens_from_data_module(spec: str | None, vocab_size: int) -> np.ndarray:

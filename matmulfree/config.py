@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,7 +23,10 @@ def glu_hidden_size(d_model: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(math.ceil(8 * d_model / 3) / multiple_of)
 
 
-def _check_type(owner: str, name: str, value: Any, annotation: str) -> Any:
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_type(owner: str, name: str, value: Any, annotation: str) -> Any:
     """Validate ``value`` against a (string) annotation of the simple kinds used in configs."""
     allowed = [a.strip() for a in annotation.split("|")]
     if value is None and "None" in allowed:
@@ -32,10 +36,15 @@ def _check_type(owner: str, name: str, value: Any, annotation: str) -> Any:
             return value
         if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if a == "float" and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads ``1e-3`` (no dot) as a string
         if a == "bool" and isinstance(value, bool):
             return value
         if a == "str" and isinstance(value, str):
             return value
+        if a.startswith("list[") and isinstance(value, (list, tuple)):
+            inner = a[5:-1]
+            return [check_type(owner, f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
     raise ConfigError(f"{owner}: field '{name}' must be {annotation}, got {value!r} ({type(value).__name__})")
 
 
@@ -55,7 +64,7 @@ class _BaseConfig:
     def __post_init__(self) -> None:
         owner = type(self).__name__
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_type(owner, f.name, getattr(self, f.name), str(f.type)))
+            setattr(self, f.name, check_type(owner, f.name, getattr(self, f.name), str(f.type)))
         for name in ("vocab_size", "d_model", "n_layers", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{owner}: field '{name}' must be positive, got {getattr(self, name)}")

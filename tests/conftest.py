@@ -14,3 +14,8 @@ if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tests never touch the user's cache (token files, the downloaded corpus).
+if "MATMULFREE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MATMULFREE_CACHE"] = tempfile.mkdtemp(prefix="matmulfree-test-cache-")

@@ -1,0 +1,63 @@
+"""``matmulfree generate CHECKPOINT --prompt TEXT``: stream generated text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a trained model (streams to stdout)",
+                       description="Generate text from a model directory (e.g. runs/shakespeare-tiny/final). "
+                       "The prompt is prefilled in parallel, then each token is one recurrent step.")
+    p.add_argument("checkpoint", help="model directory (config.json + model.safetensors [+ tokenizer])")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the K likeliest tokens; 0 disables (default 40)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1) (default off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    p.add_argument("--packed", action="store_true", help="run the packed 2-bit ternary inference path")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from matmulfree.checkpoint import load_model
+    from matmulfree.cli import CLIError
+    from matmulfree.data import DataError, load_tokenizer
+
+    if args.max_new_tokens < 0:
+        raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model = load_model(args.checkpoint, map_location=args.device)
+    if args.packed:
+        model.pack()
+    model.eval()
+    try:
+        tok = load_tokenizer(args.checkpoint)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise CLIError("--prompt is empty after tokenization")
+    if max(ids) >= model.config.vocab_size:
+        raise CLIError(f"prompt token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size})")
+    prompt = torch.tensor(ids, device=args.device)
+    sys.stdout.write(args.prompt)
+    pending: list[int] = []
+    for token in model.stream(prompt.unsqueeze(0), args.max_new_tokens, args.temperature, args.top_k or None,
+                              args.top_p, args.seed):
+        pending.append(int(token[0]))
+        text = tok.decode(pending)
+        if "\ufffd" not in text or len(pending) > 4:  # wait for whole UTF-8 characters
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            pending = []
+    if pending:
+        sys.stdout.write(tok.decode(pending))
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,248 @@
+"""Training recipes: YAML files validated against the dataclasses below.
+
+A recipe has the sections ``model``, ``data``, ``train``, ``eval``, ``sample``, ``checkpoint``
+and ``log`` plus ``name``/``description``/``out``. Unknown keys and wrong types are errors that
+name the file and the key. ``--set section.key=value`` overrides a key (the value is parsed as
+YAML, so ``--set train.lr=1e-3`` and ``--set train.betas=[0.9,0.95]`` work).
+
+``model`` holds any field of the model config (:mod:`matmulfree.config`) plus ``preset`` and
+``architecture``; ``vocab_size`` defaults to the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import CONFIG_CLASSES, PRESETS, ConfigError, _BaseConfig, check_type, config_from_dict
+
+SCHEDULES = ("cosine", "cosine-halved", "two-stage", "constant")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class DataSection:
+    """Where tokens come from. ``source``/``validation_source``: see :mod:`matmulfree.data.corpora`."""
+
+    source: str = "shakespeare"
+    validation_source: str | None = None  # default: the validation split of ``source``
+    tokenizer: str = "bytes"  # bytes | bpe:N | hf:NAME
+    seq_len: int = 256  # tokens per training sequence
+    streaming: bool = False  # stream hub datasets (tokenize only max_train_tokens)
+    max_train_tokens: int | None = None  # cap on tokenized training tokens
+    max_validation_tokens: int | None = 1_000_000
+    validation_fraction: float = 0.05  # held-out documents for local files
+
+
+@dataclass
+class TrainSection:
+    """Optimisation. ``batch_size`` is sequences per micro-batch per process; the global batch is
+    ``batch_size × grad_accum × processes`` sequences."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # final LR = lr × min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | cosine-halved | two-stage | constant (DESIGN.md §1)
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float | None = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 1337
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+
+@dataclass
+class EvalSection:
+    every: int = 250  # steps between evaluations (0: only at the end)
+    batches: int = 20
+    batch_size: int = 16
+
+
+@dataclass
+class SampleSection:
+    every: int = 500  # steps between text samples (0: only at the end)
+    prompts: list[str] = field(default_factory=lambda: ["\n"])
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 500  # steps between checkpoints (the last step always writes one)
+    keep: int = 2  # how many step checkpoints to keep
+
+
+@dataclass
+class LogSection:
+    every: int = 10  # steps between log lines
+    tensorboard: bool = True
+    progress: bool = True  # progress bar
+
+
+SECTIONS = {"data": DataSection, "train": TrainSection, "eval": EvalSection, "sample": SampleSection,
+            "checkpoint": CheckpointSection, "log": LogSection}
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: dict[str, Any]
+    data: DataSection
+    train: TrainSection
+    eval: EvalSection
+    sample: SampleSection
+    checkpoint: CheckpointSection
+    log: LogSection
+    description: str = ""
+    out: str | None = None  # default runs/<name>
+    source: str = "recipe"  # where it was loaded from (for error messages)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        return d
+
+    def model_config(self, vocab_size: int) -> _BaseConfig:
+        """The model config; ``vocab_size`` (the tokenizer's) fills the field when absent."""
+        fields = dict(self.model)
+        arch = fields.pop("architecture", "matmulfree")
+        name = fields.pop("preset", None)
+        base = dict(PRESETS[name]) if name else {}
+        if arch == "transformer" and "n_heads" not in fields and "n_heads" not in base:
+            base["n_heads"] = max(1, fields.get("d_model", base.get("d_model", 256)) // 64)
+        merged = {**base, **fields}
+        if "vocab_size" in fields and fields["vocab_size"] < vocab_size:
+            raise ConfigError(f"{self.source}: model.vocab_size={fields['vocab_size']} is smaller than the "
+                              f"tokenizer's vocabulary ({vocab_size})")
+        if "vocab_size" not in fields:
+            merged["vocab_size"] = vocab_size
+        return config_from_dict({"architecture": arch, **merged}, f"{self.source}: model")
+
+
+def _section(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: check_type(where, k, v, str(known[k].type)) for k, v in data.items()}
+    return cls(**values)
+
+
+def _check_model(model: Any, where: str) -> dict[str, Any]:
+    if model is None:
+        model = {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(model).__name__}")
+    arch = model.get("architecture", "matmulfree")
+    if arch not in CONFIG_CLASSES:
+        raise ConfigError(f"{where}.architecture: unknown value {arch!r}; expected one of {sorted(CONFIG_CLASSES)}")
+    if "preset" in model and model["preset"] not in PRESETS:
+        raise ConfigError(f"{where}.preset: unknown preset {model['preset']!r}; expected one of {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(CONFIG_CLASSES[arch])} | {"architecture", "preset"}
+    unknown = sorted(set(model) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for architecture {arch!r}; known: {sorted(known)}")
+    return dict(model)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping (errors name ``source`` and the key)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of sections")
+    top = {"name", "description", "out", "model", *SECTIONS}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(top)}")
+    sections = {k: _section(cls, data.get(k), f"{source}: {k}") for k, cls in SECTIONS.items()}
+    r = Recipe(
+        name=check_type(source, "name", data.get("name", Path(source).stem), "str"),
+        description=check_type(source, "description", data.get("description", ""), "str"),
+        out=check_type(source, "out", data.get("out"), "str | None"),
+        model=_check_model(data.get("model"), f"{source}: model"),
+        source=source,
+        **sections,
+    )
+    _check_values(r)
+    return r
+
+
+def _check_values(r: Recipe) -> None:
+    def need(cond: bool, key: str, value: Any, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"{r.source}: {key}={value!r} {what}")
+
+    t = r.train
+    need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"is not one of {SCHEDULES}")
+    need(t.mixed_precision in PRECISIONS, "train.mixed_precision", t.mixed_precision, f"is not one of {PRECISIONS}")
+    for key in ("steps", "batch_size", "grad_accum"):
+        need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "must be positive")
+    need(t.lr > 0, "train.lr", t.lr, "must be positive")
+    need(0 <= t.warmup_steps < t.steps, "train.warmup_steps", t.warmup_steps, f"must be in [0, train.steps={t.steps})")
+    need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas, "must be two values in [0, 1)")
+    need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
+    need(r.data.seq_len > 0, "data.seq_len", r.data.seq_len, "must be positive")
+    fraction = r.data.validation_fraction
+    need(0 < fraction < 1, "data.validation_fraction", fraction, "must be in (0, 1)")
+    need(r.checkpoint.keep >= 1, "checkpoint.keep", r.checkpoint.keep, "must be at least 1")
+    for key in ("eval.every", "sample.every", "checkpoint.every"):
+        sec, name = key.split(".")
+        need(getattr(getattr(r, sec), name) >= 0, key, getattr(getattr(r, sec), name), "must be >= 0")
+    need(r.log.every > 0, "log.every", r.log.every, "must be positive")
+
+
+def recipe_dir() -> Path:
+    """The folder of the recipes shipped with the package (``recipes/``, installed as ``matmulfree.recipes``)."""
+    import matmulfree.recipes as pkg
+
+    return Path(pkg.__file__).parent
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file by path, or by name among the shipped recipes (``shakespeare-tiny``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (recipe_dir() / name_or_path, recipe_dir() / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+    raise ConfigError(f"recipe {name_or_path!r} not found (not a file, not one of {names})")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw recipe mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} in {source} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe."""
+    path = find_recipe(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = apply_overrides(data, overrides or [], str(path))
+    return recipe_from_dict(data, str(path))
