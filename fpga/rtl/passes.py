@@ -1,0 +1,219 @@
+"""Vector unit: the element-wise passes before a BitLinear, ``K`` elements per cycle.
+
+* ``EMBED``: ``X = emb_q[token] << res_shift`` (FORMATS §4.0), tracks ``max|X|``;
+* ``GAIN``: ``T = normalize16(X) * gain`` (§4.1) or, released gate, ``T = normalize16(T) * F``
+  (``F`` holds ``SiLU(h)``), tracks ``max|T|``;
+* ``NORM``: ``XN = normalize16(T)``, ``S = sum XN^2`` and ``max|XN * gain_b|`` for up to three
+  BitLinears (slots ``b``) that share the input (§4.2); then ``rsqrt_lut(S)`` and the reciprocal
+  mantissa/exponent ``(m_b, e_b)`` of each ``max|z_b|`` (§3, §4.3).
+
+Pipeline: issue (V0) -> memory data (V1) -> registered (V2) -> shift (V3) -> round + sat16 (V4)
+(two stages, V5) -> multiply (V6, writes) -> |.| masked (V7) -> registered max/sum trees -> running
+registers. (Stage names below are one lower than the cycles after the round, which takes two.)
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+
+from .arith import VarShift, abs_, bitlength, delay, mul_reg, reg, round_sat2
+from .banks import lane
+from .program import EMBED, GAIN, NORM, NORM_BITS, T_BITS
+
+
+def tree(m: Module, vals: list, fn, name: str):
+    """Reduce ``vals`` pairwise with ``fn``, one register per level. Returns ``(value, levels)``."""
+    level = 0
+    while len(vals) > 1:
+        nxt = []
+        for i in range(0, len(vals) - 1, 2):
+            nxt.append(reg(m, fn(vals[i], vals[i + 1]), name=f"{name}_l{level}_{i // 2}"))
+        if len(vals) % 2:
+            nxt.append(reg(m, vals[-1], name=f"{name}_l{level}_odd"))
+        vals, level = nxt, level + 1
+    return vals[0], level
+
+
+def vmax(a, b):
+    return Mux(a > b, a, b)
+
+
+def build(m: Module, cx: SimpleNamespace) -> None:
+    p, K, fmt, op = cx.prog, cx.K, cx.fmt, cx.op
+    ps = cx.ps = SimpleNamespace()
+    kind = op["op"]
+    # op flags registered (stable from the cycle after the sequencer's start)
+    is_embed, is_gain, is_norm = (reg(m, kind == k, name=f"vec_is{k}") for k in (EMBED, GAIN, NORM))
+    ch = p.chunks(p.d_in_max)
+    s_bits = 2 * (NORM_BITS - 1) + max(1, p.d_in_max.bit_length()) + 1
+    cx.S = S = Signal(unsigned(s_bits))
+    cx.zmax = [Signal(unsigned(32), name=f"zmax{b}") for b in range(3)]
+    cx.m_b = [Signal(unsigned(11), name=f"m_b{b}", init=1024) for b in range(3)]
+    cx.e_b = [Signal(unsigned(6), name=f"e_b{b}") for b in range(3)]
+    cx.r_m = Signal(unsigned(18))
+    cx.r_e = Signal(signed(8))
+
+    vs = VarShift(T_BITS, -(NORM_BITS - 2), T_BITS - (NORM_BITS - 1))
+    amt = Signal(vs.amt_bits)
+    bl = Signal(range(T_BITS + 1))
+    mx_zero = Signal()
+    c = Signal(range(ch + 1))
+    flush = Signal(range(16))
+    active = Signal()
+    cx.pass_latency = 6 + cx.lgK  # cycles from the last issue to the last tree output, minus one
+
+    # ------------------------------------------------------------ control
+    iss = Signal()
+    for name in ("rst_x", "rst_t", "upd_x", "upd_t"):
+        setattr(ps, name, Signal(name=f"ps_{name}"))
+    with m.FSM(name="vec") as fsm:
+        with m.State("IDLE"):
+            with m.If(cx.pass_start):
+                m.next = "SETUP1"
+        with m.State("SETUP1"):
+            mx = Mux(is_norm | op["src_t"], cx.mx_t, cx.mx_x)
+            m.d.sync += [bl.eq(bitlength(mx)), mx_zero.eq(mx == 0), c.eq(0)]
+            m.next = "SETUP2"
+        with m.State("SETUP2"):
+            k = Mux(mx_zero, 0, bl - (NORM_BITS - 1))
+            m.d.sync += amt.eq(vs.amount(k))
+            m.d.comb += [ps.rst_x.eq(is_embed), ps.rst_t.eq(is_gain)]
+            with m.If(is_norm):
+                m.d.sync += [S.eq(0), *[z.eq(0) for z in cx.zmax]]
+            m.next = "ISSUE"
+        with m.State("ISSUE"):
+            m.d.comb += [iss.eq(1), active.eq(1)]
+            m.d.sync += c.eq(c + 1)
+            with m.If(c == op["chunks"] - 1):
+                m.d.sync += flush.eq(0)
+                m.next = "FLUSH"
+        with m.State("FLUSH"):
+            m.d.comb += active.eq(1)
+            m.d.sync += flush.eq(flush + 1)
+            with m.If(flush == cx.pass_latency):
+                m.next = "FIN0"
+        with m.State("FIN0"):
+            with m.If(~is_norm):
+                m.d.comb += cx.pass_done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "FIN1"
+        with m.State("FIN1"):
+            m.next = "FIN2"
+        with m.State("FIN2"):
+            m.next = "FIN3"
+        with m.State("FIN3"):
+            m.next = "FIN4"
+        with m.State("FIN4"):
+            m.next = "FIN5"
+        with m.State("FIN5"):
+            m.d.comb += cx.pass_done.eq(1)
+            m.next = "IDLE"
+
+    # ------------------------------------------------------------ V0: issue
+    ps.addr = c
+    ps.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch)))
+    m.d.comb += ps.g_addr.eq(op["gbase"] + c)
+    m.d.comb += cx.emb.addr.eq(cx.tok_base + c)
+    last = c == op["chunks"] - 1
+    mask0 = Signal(K)
+    for k in range(K):
+        m.d.comb += mask0[k].eq(iss & (~last | (k < op["last_lanes"])))
+    # control delayed along the pipeline: ctl[i] is valid at stage Vi
+    ctl = [Cat(iss, mask0, c)]
+    for i in range(1, 7):
+        ctl.append(reg(m, ctl[-1], name=f"v_ctl{i}"))
+
+    def valid(i):
+        return ctl[i][0]
+
+    def mask(i, k):
+        return ctl[i][1 + k]
+
+    def chunk(i):
+        return ctl[i][1 + K:]
+
+    # ------------------------------------------------------------ V1 data -> V2 registers
+    xw = fmt["res_bits"]
+    src2, op2, g2 = [], [], []
+    for k in range(K):
+        src = Mux(op["src_t"] | is_norm, cx.T.data(k).as_signed(), cx.X.data(k).as_signed())
+        src2.append(reg(m, src, signed(T_BITS), name=f"v_src2_{k}"))
+        gw = cx.GM.data(k)
+        op2.append(reg(m, Mux(op["opnd_f"], cx.F.data(k).as_signed(), gw[:16].as_signed()), signed(18),
+                       name=f"v_op2_{k}"))
+        g2.append(reg(m, gw, name=f"v_g2_{k}"))
+    # embedding path (DeepRom data valid at V2): X = emb << res_shift, written at V5
+    x3 = [reg(m, lane(cx.emb.data, k, 8).as_signed() << fmt["res_shift"], signed(xw), name=f"v_x3_{k}")
+          for k in range(K)]
+    x5 = [delay(m, x3[k], 3, f"v_x_{k}") for k in range(K)]
+
+    # ------------------------------------------------------------ V3 shift, V4 round + sat16
+    u3 = [reg(m, vs.shift(src2[k], amt), vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
+    op4 = [delay(m, op2[k], 3, f"v_op_{k}") for k in range(K)]
+    g4 = [delay(m, g2[k], 3, f"v_g_{k}") for k in range(K)]
+    xs4 = [round_sat2(m, u3[k], NORM_BITS, f"v_xs4_{k}") for k in range(K)]  # valid at V5
+    ps.xn_waddr, ps.xn_wd, ps.we_xn = chunk(5), xs4, valid(5) & is_norm
+
+    # ------------------------------------------------------------ V5 products
+    t5 = [mul_reg(m, xs4[k], op4[k], signed(T_BITS), f"v_t5_{k}", cx.dsp) for k in range(K)]
+    sq5 = [mul_reg(m, xs4[k], xs4[k], unsigned(2 * NORM_BITS - 1), f"v_sq5_{k}", cx.dsp) for k in range(K)]
+    z5 = [[mul_reg(m, xs4[k], lane(g4[k], b, 16).as_signed(), signed(32), f"v_z5_{b}_{k}", cx.dsp) for k in range(K)]
+          for b in range(3)]
+    ps.waddr = chunk(6)
+    ps.wd = [Mux(is_embed, x5[k], t5[k]) for k in range(K)]
+    ps.we_x, ps.we_t = valid(6) & is_embed, valid(6) & is_gain
+
+    # ------------------------------------------------------------ V6 masked |.|, trees
+    a6 = [reg(m, Mux(mask(6, k), abs_(Mux(is_embed, x5[k], t5[k])), 0), unsigned(T_BITS), name=f"v_a6_{k}")
+          for k in range(K)]
+    s6 = [reg(m, Mux(mask(6, k), sq5[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s6_{k}") for k in range(K)]
+    zfan = [b < op["fanout"] for b in range(3)]
+    za6 = [[reg(m, Mux(mask(6, k) & zfan[b], abs_(z5[b][k]), 0), unsigned(32), name=f"v_za6_{b}_{k}")
+            for k in range(K)] for b in range(3)]
+    amax, lv = tree(m, a6, vmax, "v_amax")
+    ssum, _ = tree(m, s6, lambda a, b: a + b, "v_ssum")
+    zmx = [tree(m, za6[b], vmax, f"v_zmax{b}")[0] for b in range(3)]
+    assert lv == cx.lgK
+
+    m.d.comb += [ps.upd_x.eq(active & is_embed), ps.upd_t.eq(active & is_gain)]
+    ps.val_x, ps.val_t = amax, amax
+    with m.If(active & is_norm):
+        m.d.sync += S.eq(S + ssum)
+        for b in range(3):
+            with m.If(zmx[b] > cx.zmax[b]):
+                m.d.sync += cx.zmax[b].eq(zmx[b])
+
+    # ------------------------------------------------------------ NORM finish: rsqrt, reciprocal
+    bS = Signal(range(s_bits + 1))
+    half = Signal(signed(8))
+    rs_addr = Signal(10)
+    S_zero = Signal()
+    st = {s: fsm.ongoing(s) for s in ("FIN0", "FIN1", "FIN2", "FIN3", "FIN5")}
+    # FIN0: leading ones (S and each max|z_b|)
+    with m.If(st["FIN0"] & is_norm):
+        m.d.sync += [bS.eq(bitlength(S)), S_zero.eq(S == 0)]
+        for b in range(3):
+            m.d.sync += cx.e_b[b].eq(bitlength(cx.zmax[b]))
+    # coarse (multiple of 8) then fine shifts, one state each
+    sh_amt = Signal(8)
+    s_mid = Signal(len(S) + 8)
+    z_mid = [Signal(32 + 11, name=f"zmid{b}") for b in range(3)]
+    with m.If(st["FIN1"]):
+        hv = (bS - 9) >> 1
+        m.d.sync += [half.eq(hv), sh_amt.eq((hv * 2 + 8).as_unsigned()[:8])]
+        for b in range(3):
+            m.d.sync += z_mid[b].eq((cx.zmax[b] << 11) >> Cat(Const(0, 3), cx.e_b[b][3:]))
+    with m.If(st["FIN2"]):
+        m.d.sync += s_mid.eq((S << 8) >> Cat(Const(0, 3), sh_amt[3:]))
+        for b in range(3):
+            m.d.sync += cx.m_b[b].eq(Mux(cx.zmax[b] == 0, 1024, (z_mid[b] >> cx.e_b[b][:3])[:11]))
+    with m.If(st["FIN3"]):
+        ms = (s_mid >> sh_amt[:3])[:10]
+        m.d.sync += rs_addr.eq(Mux(S_zero, 0, ms - 256))
+    m.d.comb += cx.rsqrt.addr.eq(rs_addr)
+    with m.If(st["FIN5"]):
+        m.d.sync += [cx.r_m.eq(Mux(S_zero, 0, cx.rsqrt.data)), cx.r_e.eq(Mux(S_zero, 0, -21 - half))]
+

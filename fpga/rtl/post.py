@@ -1,0 +1,176 @@
+"""Post unit: one BitLinear output row per cycle through requantization and the element-wise
+stages of the token step (FORMATS §4.6-4.9).
+
+Stages: P0 row in (+ buffer reads, argmax on the raw accumulator) -> P1 ``acc_s``, buffer data
+-> P2 registered -> P3 products ``acc_s*q_m``, ``f*h``, ``(32768-f)*c`` -> P4 requant shift /
+recurrence sum -> P5 round, saturate -> P6 table input (``y`` or the new state ``h``) -> P7 index
+-> P8 table data -> P9 operands -> P10 third product (``lb`` gate, ``g*sigma(h)`` or
+``SiLU(gate)*up``) -> buffer writes, logits out.
+
+Per kind: forget ``F = sigma(f_pre)`` (lower bound optional); candidate ``C = SiLU(c_pre)``;
+gate ``H = sat(round_shift(f*h + (32768-f)*c, 15))`` and ``T = g*sigma(H)`` (paper) or
+``T = g*gn``, ``F = SiLU(H)`` (released); residual ``X = sat(X + y)``; GLU gate rows
+``C = SiLU(gate)``, up rows ``T = C*up``; head: logits out, argmax of the raw accumulators.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+
+from .arith import VarShift, abs_, const_round_shift, in_range, mul_reg, reg, round_sat_finish, saturate
+from .program import K_C, K_F, K_G, K_GLU, K_HEAD, K_RES, T_BITS
+
+
+def build(m: Module, cx: SimpleNamespace) -> None:
+    p, K, fmt, op = cx.prog, cx.K, cx.fmt, cx.op
+    lgK = cx.lgK
+    pp = cx.pp = SimpleNamespace()
+    kind = op["kind"]
+    # kind flags registered once per op (stable from the cycle after the sequencer's start)
+    is_f, is_c, is_g, is_res, is_glu, is_head = (reg(m, kind == k, name=f"post_is{k}")
+                                                 for k in (K_F, K_C, K_G, K_RES, K_GLU, K_HEAD))
+    released, has_lb = bool(fmt["gate_released"]), bool(fmt["forget_lower_bound"])
+    act, resb, logb = fmt["act_bits"], fmt["res_bits"], fmt["logit_bits"]
+    lut_bits = fmt["lut_bits"]
+    half = 1 << (lut_bits - 1)
+    lut_sh = fmt["act_frac"] - fmt["lut_frac"]
+
+    # ------------------------------------------------------------ P0
+    v0, acc0, j0, e0, up0 = cx.pv, cx.pacc, cx.pj, cx.pe, cx.pup
+    pp.addr = Signal(range(max(2, p.chunks(p.d_in_max))))
+    pp.h_addr = Signal(range(max(2, p.n_layers * p.chunks(p.d))))
+    m.d.comb += [pp.addr.eq(e0 >> lgK), pp.h_addr.eq(op["hbase"] + (e0 >> lgK))]
+    if cx.prom is not None:
+        m.d.comb += cx.prom.addr.eq(op["pbase"] + e0)
+    bank0 = e0[:lgK] if lgK else Const(0, 1)
+    if p.uses_acc_shift:
+        sh = VarShift(p.acc_bits, 0, max(o.acc_shift for o in p.ops))
+        accs = sh.finish(sh.shift(acc0, sh.amount(op["acc_shift"])))
+    else:
+        accs = acc0
+    # argmax over the raw accumulators (lowest index on ties)
+    cx.best = Signal(signed(p.acc_bits))
+    cx.best_j = Signal(p.tok_bits)
+    best_any = Signal()
+    with m.If(cx.mv_start):
+        m.d.sync += best_any.eq(0)
+    with m.Elif(v0 & is_head & (~best_any | (acc0 > cx.best))):
+        m.d.sync += [cx.best.eq(acc0), cx.best_j.eq(j0), best_any.eq(1)]
+
+    # ------------------------------------------------------------ P1 (buffer data) -> P2 registers
+    v1, j1, e1, up1 = (reg(m, x, name=f"p1_{n}") for x, n in ((v0, "v"), (j0, "j"), (e0, "e"), (up0, "up")))
+    bank1 = reg(m, bank0, unsigned(max(1, lgK)), name="p1_bank")
+    acc_s1 = reg(m, accs, signed(18), name="p1_accs")
+
+    def pick(banks):
+        return Array([banks.data(k) for k in range(K)])[bank1] if K > 1 else banks.data(0)
+
+    with m.If(v1 & ~cx.scale_ready):
+        m.d.sync += cx.error.eq(1)
+    pd = cx.prom.data if cx.prom is not None else None
+    c2 = {"v": v1, "j": j1, "e": e1, "up": up1, "accs": acc_s1}
+    c2 = {n: reg(m, x, name=f"p2_{n}") for n, x in c2.items()}
+    xv2 = reg(m, pick(cx.X).as_signed(), signed(resb), name="p2_xv")
+    fv2 = reg(m, pick(cx.F).as_signed(), signed(18), name="p2_fv")
+    ifv2 = reg(m, 32768 - pick(cx.F).as_signed(), signed(18), name="p2_ifv")
+    cv2 = reg(m, pick(cx.C).as_signed(), signed(18), name="p2_cv")
+    hv2 = reg(m, pick(cx.H).as_signed(), signed(18), name="p2_hv")
+    mq2 = reg(m, Mux(is_g, pd[0:16].as_signed(), cx.q_m) if released else cx.q_m, signed(18), name="p2_mq")
+    lb2 = reg(m, pd[16:32], unsigned(16), name="p2_lb") if has_lb else None
+
+    # ------------------------------------------------------------ P3 products
+    prod3 = mul_reg(m, c2["accs"], mq2, signed(36), "p3_prod", cx.dsp)
+    ma3 = mul_reg(m, fv2, hv2, signed(36), "p3_ma", cx.dsp)
+    mb3 = mul_reg(m, ifv2, cv2, signed(36), "p3_mb", cx.dsp)
+    carry = dict(c2, xv=xv2, cv=cv2)
+    if has_lb:
+        carry["lb"] = lb2
+    c3 = {n: reg(m, x, name=f"p3_{n}") for n, x in carry.items()}
+
+    # ------------------------------------------------------------ P4 requant shift, recurrence sum
+    u4 = reg(m, cx.rq.shift(prod3, cx.amt_rq), cx.rq.mid_shape, name="p4_u")
+    gs4 = reg(m, ma3 + mb3, signed(36), name="p4_gs")
+    c4 = {n: reg(m, x, name=f"p4_{n}") for n, x in c3.items()}
+    c4["gg"] = reg(m, prod3, name="p4_gg")
+
+    # ------------------------------------------------------------ P5 range tests, P5b round + saturate
+    y_bits = max(act, resb, logb)
+    a4 = u4[1:].as_signed()
+    fits = {w: reg(m, in_range(a4, w), name=f"p5_fits{w}") for w in sorted({act, resb, logb})}
+    low5 = reg(m, a4[:y_bits].as_signed(), name="p5_low")
+    u05, neg5 = reg(m, u4[0], name="p5_u0"), reg(m, a4[-1], name="p5_neg")
+    h5a = reg(m, const_round_shift(gs4, 15), name="p5_hr")
+    c5a = {n: reg(m, x, name=f"p5a_{n}") for n, x in c4.items()}
+
+    def fin(w):
+        return round_sat_finish(fits[w], low5, u05, neg5, w)
+
+    y5 = reg(m, Mux(is_res, fin(resb), Mux(is_head, fin(logb), fin(act))), signed(y_bits), name="p5_y")
+    h5 = reg(m, saturate(h5a, act), signed(act), name="p5_h")
+    c5 = {n: reg(m, x, name=f"p5_{n}") for n, x in c5a.items()}
+
+    # ------------------------------------------------------------ P6 table input, P7 index -> P8 data
+    v18 = Mux(is_g, h5, y5[:act].as_signed())
+    jj6 = reg(m, const_round_shift(v18, lut_sh) if lut_sh > 0 else v18, signed(act + 1), name="p6_jj")
+    val6 = reg(m, v18, signed(act), name="p6_val")
+    late = dict(c5, y=y5, h=h5)
+    late["xs"] = c5["xv"] + y5
+    c6 = {n: reg(m, x, name=f"p6_{n}") for n, x in late.items()}
+    inr = in_range(jj6, lut_bits)
+    idx = Mux(inr, jj6[:lut_bits] ^ half, Mux(jj6[-1], 0, (1 << lut_bits) - 1))
+    m.d.comb += [cx.sig.addr.eq(idx), cx.silu.addr.eq(idx)]
+    hi7 = reg(m, ~inr & ~jj6[-1], name="p7_hi")
+    lo7 = reg(m, ~inr & jj6[-1], name="p7_lo")
+    val7 = reg(m, val6, name="p7_val")
+    c7 = {n: reg(m, x, name=f"p7_{n}") for n, x in c6.items()}
+
+    # ------------------------------------------------------------ P8 table data registered
+    sig8 = reg(m, cx.sig.data.as_signed(), signed(18), name="p8_sig")  # 0..32768
+    silu8 = reg(m, Mux(hi7, val7, Mux(lo7, 0, cx.silu.data.as_signed())), signed(act), name="p8_silu")
+    c8 = {n: reg(m, x, name=f"p8_{n}") for n, x in c7.items()}
+
+    # ------------------------------------------------------------ P9 operands, P10 product
+    if has_lb:
+        ma = Mux(is_f, 32768 - c8["lb"], Mux(is_g, c8["accs"], c8["cv"]))
+    else:
+        ma = Mux(is_g, c8["accs"], c8["cv"])
+    mb = Mux(is_glu, c8["accs"], sig8)
+    ma9 = reg(m, ma, signed(18), name="p9_ma")
+    mb9 = reg(m, mb, signed(18), name="p9_mb")
+    c9 = {n: reg(m, x, name=f"p9_{n}") for n, x in dict(c8, sig=sig8, silu=silu8).items()}
+    prod10 = mul_reg(m, ma9, mb9, signed(T_BITS), "p10_prod", cx.dsp)
+    c10 = {n: reg(m, x, name=f"p10_{n}") for n, x in c9.items()}
+    prod9, c9 = prod10, c10
+    v9, e9, up9 = c9["v"], c9["e"], c9["up"]
+
+    # ------------------------------------------------------------ writes (from P9 registers)
+    f_val = (c9["lb"] + const_round_shift(prod9, 15)) if has_lb else c9["sig"]
+    pp.waddr = e9 >> lgK
+    pp.wbank = e9[:lgK] if lgK else Const(0, 1)
+    pp.h_waddr = Signal.like(pp.h_addr)
+    m.d.comb += pp.h_waddr.eq(op["hbase"] + (e9 >> lgK))
+    t_val = Mux(is_g, c9["gg"], prod9) if released else prod9
+    pp.we_f = v9 & (is_f | is_g) if released else v9 & is_f
+    pp.f_wd = Mux(is_f, f_val, c9["silu"]) if released else f_val
+    pp.we_c, pp.c_wd = v9 & (is_c | (is_glu & ~up9)), c9["silu"]
+    pp.we_h, pp.h_wd = v9 & is_g, c9["h"]
+    pp.we_t, pp.t_wd = v9 & (is_g | (is_glu & up9)), t_val
+    x_new = saturate(c9["xs"], resb)
+    pp.we_x, pp.x_wd = v9 & is_res, x_new
+    cx.logit_v, cx.logit_j, cx.logit = v9 & is_head, c9["j"], c9["y"]
+
+    # ------------------------------------------------------------ running maxima, completion
+    pp.rst_x = cx.mv_start & (kind == K_RES)
+    pp.rst_t = cx.mv_start & ((kind == K_G) | (kind == K_GLU))
+    pp.upd_t = reg(m, pp.we_t, name="p10_updt")
+    pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
+    pp.upd_x = reg(m, pp.we_x, name="p10_updx")
+    pp.val_x = reg(m, abs_(x_new), unsigned(resb), name="p10_valx")
+    cnt = Signal(range(max(2, max(o.d_out for o in p.ops) + 1)))
+    with m.If(cx.mv_start):
+        m.d.sync += cnt.eq(0)
+    with m.Elif(v9):
+        m.d.sync += cnt.eq(cnt + 1)
+    m.d.comb += cx.post_all.eq(cnt == op["d_out"])

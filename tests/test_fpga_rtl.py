@@ -1,0 +1,237 @@
+"""Amaranth RTL of the MatMulFreeLM token step (matmulfree.fpga.rtl): bit-exact simulation against
+the integer reference, the cycle model, the UART wrapper, the CLI and (slow) an ECP5 bitstream."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from matmulfree.fpga import fixed, intref
+from matmulfree.fpga.rtl import arith, program, schedule
+from matmulfree.fpga.rtl.build import BuildError, BuildOptions, build
+from matmulfree.fpga.rtl.sim import check_against_reference, simulate
+
+import matmulfree
+from matmulfree.checkpoint import save_model
+from matmulfree.quant import unpack_ternary
+
+torch.set_num_threads(1)
+
+
+def _model(seed: int = 0, **kw):
+    """A tiny MatMulFreeLM with varied norm gains (so activations span a wide range)."""
+    torch.manual_seed(seed)
+    cfg = matmulfree.preset("fpga", **{"d_model": 16, "n_layers": 1, "intermediate_size": 32, "vocab_size": 64,
+                                       **kw})
+    model = matmulfree.build_model(cfg).eval()
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if "norm" in name:
+                prm.mul_(torch.empty_like(prm).uniform_(0.3, 3.0))
+    return model
+
+
+def _params(model, seed: int = 0):
+    ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, (1, 64))
+    return intref.convert(model, calib_ids=ids), ids[0]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    P, ids = _params(_model())
+    return P, ids
+
+
+# --------------------------------------------------------------------------- static program
+def test_weight_packing_round_trips(tiny):
+    P, _ = tiny
+    w = np.asarray(P["layers.0.mlp.w_in.w"])  # (64, 16)
+    R, K = 3, 4
+    words = program.pack_weights(w, R, K)
+    G, C = -(-w.shape[0] // R), -(-w.shape[1] // K)
+    assert len(words) == G * C
+    # decode word (g, c) lane (r, k) back through the project's 2-bit code
+    codes = torch.tensor([[(words[g * C + c] >> (2 * i)) & 0xFF for i in range(0, R * K, 4)]
+                          for g in range(G) for c in range(C)], dtype=torch.uint8)
+    lanes = unpack_ternary(codes, R * K).numpy().reshape(G, C, R, K)
+    back = lanes.transpose(0, 2, 1, 3).reshape(G * R, C * K)
+    assert np.array_equal(back[: w.shape[0], : w.shape[1]], w)
+    assert not back[w.shape[0]:].any() and not back[:, w.shape[1]:].any()
+
+
+def test_program_order_and_lower_bound(tiny):
+    P, _ = tiny
+    prog = program.build_program(P, 4, 2)
+    mv = [o.name for o in prog.ops if o.op == program.MV]
+    assert mv == intref.bitlinear_names(1)
+    assert prog.ternary_weights == sum(np.asarray(P[n + ".w"]).size for n in mv)
+    assert prog.lower_bound_cycles() == -(-prog.ternary_weights // 8)
+    with pytest.raises(program.ProgramError, match="power of two"):
+        program.build_program(P, 4, 3)
+
+
+def test_fpga_preset_meets_cycle_target():
+    """DESIGN.md section 5 target for the default ECP5 lanes (8 rows x 8 inputs): <= 1.25x bound."""
+    torch.manual_seed(0)
+    model = matmulfree.build_model(matmulfree.preset("fpga")).eval()
+    prog = program.build_program(intref.convert(model), 8, 8)
+    b = schedule.breakdown(prog)
+    assert b["lower_bound"] == 688128 // 64
+    assert b["matvec_issue"] == b["lower_bound"]  # every issue cycle consumes 64 weights
+    assert b["total"] / b["lower_bound"] <= 1.25
+
+
+# --------------------------------------------------------------------------- arithmetic blocks
+def test_round_sat_and_shifts_match_reference():
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.integers(-(1 << 34), 1 << 34, 300), [0, 1, -1, (1 << 34) - 1, -(1 << 34)]])
+    shifts = rng.integers(-17, 15, xs.size)
+    vs = arith.VarShift(36, -17, 14)
+    x, s, out, bl = Signal(signed(36)), Signal(signed(7)), Signal(signed(18)), Signal(8)
+    m = Module()
+    u = Signal(vs.mid_shape)
+    m.d.comb += [u.eq(vs.shift(x, vs.amount(s))), out.eq(arith.round_sat(u, 18)), bl.eq(arith.bitlength(abs(x)))]
+    got = []
+
+    async def bench(ctx):
+        for xv, sv in zip(xs.tolist(), shifts.tolist()):
+            ctx.set(x, xv)
+            ctx.set(s, sv)
+            got.append((ctx.get(out), ctx.get(bl)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    want = fixed.saturate(fixed.round_shift(xs, shifts), 18)
+    assert [g[0] for g in got] == want.tolist()
+    assert [g[1] for g in got] == fixed.bitlength(np.abs(xs)).tolist()
+
+
+# --------------------------------------------------------------------------- whole-core simulation
+def test_sim_bit_exact_32_tokens(tiny):
+    """The acceptance test: prompt + greedy generation, >= 32 token steps, every logit and token."""
+    P, ids = tiny
+    prog = program.build_program(P, 4, 2)
+    res = simulate(prog, [int(t) for t in ids[:8]], 26)
+    assert len(res.inputs) == 33
+    assert check_against_reference(res, P) == []
+    # the generated tokens are the reference's greedy continuation
+    ref = intref.IntModel(P).generate(ids[None, :8], 26)[0]
+    assert res.tokens[7:] == ref.tolist()
+    assert np.abs(res.logits).max() > 0
+    # the schedule is static: exact and equal to the cycle model
+    assert set(res.period) == {schedule.cycles_per_token(prog)}
+    assert res.cycles_per_token == schedule.cycles_per_token(prog)
+
+
+@pytest.mark.parametrize("kw,R,K,n", [
+    (dict(gate="released", forget_lower_bound=True, n_layers=2), 3, 1, 4),  # odd rows, no adder tree
+    (dict(d_model=32, intermediate_size=64, vocab_size=50), 2, 8, 4),  # 8-input adder trees, ragged head
+])
+def test_sim_bit_exact_variants(kw, R, K, n):
+    P, ids = _params(_model(seed=3, **kw), seed=3)
+    prog = program.build_program(P, R, K)
+    res = simulate(prog, [int(t) for t in ids[:2]], n - 1)
+    assert check_against_reference(res, P) == []
+    assert res.cycles_per_token == schedule.cycles_per_token(prog)
+
+
+def test_uart_protocol(tiny):
+    """The board wrapper: command byte + token in, token + logits out over 8N1 serial."""
+    from amaranth.sim import Simulator
+    from matmulfree.fpga.rtl.uart import CMD_CLEAR, CMD_LOGITS, UartCore
+
+    P, ids = tiny
+    prog = program.build_program(P, 4, 2)
+    div = 4
+    dut = UartCore(prog, div)
+    frames = [(CMD_CLEAR | CMD_LOGITS, int(ids[0])), (0, int(ids[1])), (CMD_LOGITS, int(ids[2]))]
+    replies: list[list[int]] = []
+
+    async def bench(ctx):
+        async def send(byte):
+            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                ctx.set(dut.rx, bit)
+                await ctx.tick().repeat(div)
+
+        async def recv():
+            while ctx.get(dut.tx):
+                await ctx.tick()
+            await ctx.tick().repeat(div + div // 2)
+            v = 0
+            for i in range(8):
+                v |= ctx.get(dut.tx) << i
+                await ctx.tick().repeat(div)
+            return v
+
+        for cmd, tok in frames:
+            await send(cmd)
+            await send(tok)
+            n = 1 + (3 * prog.vocab if cmd & CMD_LOGITS else 0)
+            replies.append([await recv() for _ in range(n)])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    im, state = intref.IntModel(P), None
+    for (cmd, tok), rep in zip(frames, replies):
+        logits, token, state = im.step(np.array([tok]), state)
+        assert rep[0] == int(token[0])
+        if cmd & CMD_LOGITS:
+            b = np.array(rep[1:], dtype=np.int64).reshape(-1, 3)
+            got = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+            got = np.where(got >= 1 << 23, got - (1 << 24), got)
+            assert got.tolist() == logits[0].tolist()
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_export_no_build_and_sim(tmp_path, capsys):
+    from matmulfree.cli import main
+
+    model = _model(seed=5)
+    save_model(model, tmp_path / "ckpt")
+    out = tmp_path / "out"
+    rc = main(["export", str(tmp_path / "ckpt"), str(out), "--target", "ecp5", "--lanes", "8", "--no-build",
+               "--sim-tokens", "2"])
+    assert rc == 0
+    meta = json.loads((out / "rtl.json").read_text())
+    assert meta["simulation"]["bit_exact"] and meta["lanes"] == 8 and (out / "core.il").is_file()
+    rc = main(["fpga", "sim", str(out), "--tokens", "2"])
+    assert rc == 0
+    assert "bit-exact" in capsys.readouterr().out
+    assert main(["fpga", "sim", str(out), "--lanes", "6", "--inputs", "4"]) == 2  # CLIError: one line
+
+
+def test_build_rejects_designs_that_do_not_fit(tiny, tmp_path):
+    P, _ = tiny
+    prog = program.build_program(P, 4, 2)
+    big = program.Program(**{**prog.__dict__, "wmem": prog.wmem * 400})  # ~2.9 Mbit of weights
+    with pytest.raises(BuildError, match=r"does not fit.*block RAMs.*up5k has 30"):
+        build(big, tmp_path, BuildOptions(target="ice40", device="up5k", package="sg48", clock_mhz=12), 1)
+    with pytest.raises(BuildError, match="unknown ecp5 device"):
+        build(prog, tmp_path, BuildOptions(device="12k"), 1)
+
+
+@pytest.mark.slow
+def test_ecp5_bitstream_tiny(tiny, tmp_path):
+    """One complete open-source build: Amaranth -> yosys -> nextpnr-ecp5 -> ecppack."""
+    P, _ = tiny
+    prog = program.build_program(P, 4, 2)
+    s = build(prog, tmp_path, BuildOptions(clock_mhz=100.0), schedule.cycles_per_token(prog))
+    for f in ("bitstream", "svf", "verilog", "pnr_report"):
+        assert (tmp_path / s["files"][f]).stat().st_size > 0
+    assert (tmp_path / "top.bit").read_bytes()[:4] != b"\0\0\0\0"
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["target"] == "ecp5" and saved["device"] == "85k" and saved["lanes"] == 8
+    for k in ("lut4", "ff", "bram", "mult"):
+        r = saved["resources"][k]
+        assert 0 < r["used"] <= r["available"] and r["percent"] == pytest.approx(100 * r["used"] / r["available"], 0.01)
+    assert saved["fmax_mhz"] > 50 and saved["cycles_per_token"] == schedule.cycles_per_token(prog)
+    assert saved["tokens_per_s_at_fmax"] == pytest.approx(saved["fmax_mhz"] * 1e6 / saved["cycles_per_token"], 1e-3)
+    assert "module top" in (tmp_path / "accel.v").read_text()
