@@ -26,23 +26,12 @@ from matmulfree.fpga import fidelity, intref
 import matmulfree
 
 
-def _tokens_from_data_module(spec: str | None, vocab_size: int) -> np.ndarray:
-    """Validation token ids from :mod:`matmulfree.data` (whatever loader it provides)."""
-    import matmulfree.data as data
+def _tokens_from_data_module(spec: str | None, checkpoint: str) -> np.ndarray:
+    """Validation token ids of ``spec`` (default: the default corpus) with the checkpoint's tokenizer."""
+    from matmulfree.data import load_tokenizer, tokenize_split
 
-    for name in ("validation_tokens", "load_validation_tokens", "val_tokens"):
-        fn = getattr(data, name, None)
-        if fn is not None:
-            ids = fn(spec) if spec else fn()
-            return np.asarray(ids, dtype=np.int64)
-    loader = getattr(data, "load_tokens", None) or getattr(data, "load_split", None)
-    if loader is None:
-        raise SystemExit(
-            "matmulfree.data provides no validation loader (validation_tokens / load_tokens); "
-            "pass --text FILE instead"
-        )
-    ids = loader(spec, split="validation") if spec else loader(split="validation")
-    return np.asarray(ids, dtype=np.int64).reshape(-1)
+    tokens = tokenize_split(spec or "shakespeare", load_tokenizer(checkpoint), "validation").tokens
+    return np.asarray(tokens, dtype=np.int64)
 
 
 def _tokens_from_text(path: str, val_frac: float, vocab_size: int) -> np.ndarray:
@@ -74,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         ids = _tokens_from_text(args.text, args.val_frac, V)
         source = f"text:{args.text} (last {args.val_frac:.0%})"
     else:
-        ids = _tokens_from_data_module(args.data, V)
+        ids = _tokens_from_data_module(args.data, args.checkpoint)
         source = f"matmulfree.data:{args.data or 'default'} validation"
     T = min(args.seq_len, model.config.max_seq_len)
     n_win = min(args.windows, len(ids) // T - 1)

@@ -8,6 +8,7 @@ computed here; the run-time reference (:mod:`matmulfree.fpga.intref`) never touc
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,20 @@ def check_supported(model) -> None:
 
 def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def calibration_ids_from_text(path: str | None, vocab: int, max_bytes: int = 4096) -> np.ndarray | None:
+    """Token ids ``(1, T)`` for :func:`calibrate` from the first ``max_bytes`` bytes of a text file
+    (bytes modulo ``vocab``); ``None`` when ``path`` is ``None`` (fixed formats)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--calib-text {path}: no such file")
+    raw = np.frombuffer(p.read_bytes()[:max_bytes], dtype=np.uint8).astype(np.int64)
+    if raw.size < 16:
+        raise ConversionError(f"--calib-text {path}: need at least 16 bytes, got {raw.size}")
+    return (raw % vocab)[None, :]
 
 
 def calibrate(model, calib_ids, lut_frac: int = DEFAULTS["lut_frac"]) -> dict[str, int]:

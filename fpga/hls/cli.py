@@ -13,8 +13,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .golden import DEFAULT_PROMPT
 from .resources import DEFAULT_CLOCK_MHZ, DEFAULT_PART
 
@@ -53,28 +51,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
          help="text file whose bytes calibrate the integer formats (res_shift, act_frac); default: fixed formats")
 
 
-def _calib_ids(path: str | None, vocab: int):
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--calib-text {path}: no such file")
-    raw = np.frombuffer(p.read_bytes()[:4096], dtype=np.uint8).astype(np.int64)
-    if raw.size < 16:
-        raise _cli_error()(f"--calib-text {path}: need at least 16 bytes, got {raw.size}")
-    return (raw % vocab)[None, :]
-
-
 def convert_checkpoint(checkpoint: str, calib_text: str | None = None) -> dict[str, Any]:
     """Load a checkpoint folder and convert it to the integer parameter dict."""
     import matmulfree
 
-    from ..convert import ConversionError
+    from ..convert import ConversionError, calibration_ids_from_text
     from ..intref import convert
 
     model = matmulfree.load_model(checkpoint).eval()
     try:
-        return convert(model, calib_ids=_calib_ids(calib_text, model.config.vocab_size))
+        return convert(model, calib_ids=calibration_ids_from_text(calib_text, model.config.vocab_size))
     except ConversionError as e:
         raise _cli_error()(str(e)) from None
 

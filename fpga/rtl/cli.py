@@ -85,22 +85,10 @@ def lane_shape(lanes: int, inputs: int | None) -> tuple[int, int]:
     return lanes // inputs, inputs
 
 
-def _calib_ids(path: str | None, vocab: int):
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--calib-text {path}: no such file")
-    raw = np.frombuffer(p.read_bytes()[:4096], dtype=np.uint8).astype(np.int64)
-    if raw.size < 16:
-        raise _cli_error()(f"--calib-text {path}: need at least 16 bytes, got {raw.size}")
-    return (raw % vocab)[None, :]
-
-
 def load_params(source: str | Path, calib_text: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Integer parameters from a checkpoint folder (converted now) or an export folder
     (``params.npz``); returns ``(P, saved rtl.json or {})``."""
-    from ..convert import ConversionError
+    from ..convert import ConversionError, calibration_ids_from_text
     from ..intref import convert
 
     CLIError = _cli_error()
@@ -114,7 +102,7 @@ def load_params(source: str | Path, calib_text: str | None = None) -> tuple[dict
 
     model = matmulfree.load_model(src)
     try:
-        return convert(model, calib_ids=_calib_ids(calib_text, model.config.vocab_size)), {}
+        return convert(model, calib_ids=calibration_ids_from_text(calib_text, model.config.vocab_size)), {}
     except ConversionError as e:
         raise CLIError(str(e)) from None
 

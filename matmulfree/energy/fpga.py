@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .ops import read_json_object
+
 #: XPE's default toggle rate.
 DEFAULT_TOGGLE = 0.125
 
@@ -79,14 +81,7 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "summary.json"
-    try:
-        s = json.loads(path.read_text())
-    except OSError as e:
-        raise FPGASummaryError(f"{path}: cannot read ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise FPGASummaryError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(s, dict):
-        raise FPGASummaryError(f"{path}: expected a JSON object")
+    s = read_json_object(path, FPGASummaryError)
     missing = [k for k in REQUIRED if k not in s]
     if missing:
         raise FPGASummaryError(f"{path}: missing field(s) {missing} (not an RTL build summary.json?)")

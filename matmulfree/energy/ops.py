@@ -62,6 +62,20 @@ HOROWITZ_45NM_PJ: dict[str, float] = {
 DEFAULT_ONCHIP_BYTES = 8 * 2**20
 
 
+def read_json_object(path: Path, error: type[Exception], what: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in ``path``; an unreadable file, bad JSON or another type raises ``error``
+    naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected {what}")
+    return data
+
+
 class OpEnergyError(ValueError):
     """A bad operation-energy table (file, key or value named)."""
 
@@ -72,14 +86,7 @@ def load_op_energies(path: str | Path | None = None) -> dict[str, float]:
     if path is None:
         return table
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise OpEnergyError(f"{path}: cannot read ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise OpEnergyError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise OpEnergyError(f"{path}: expected a JSON object of name -> picojoules")
+    data = read_json_object(path, OpEnergyError, "a JSON object of name -> picojoules")
     for k, v in data.items():
         if k not in table:
             raise OpEnergyError(f"{path}: unknown operation {k!r}; known: {sorted(table)}")
