@@ -63,6 +63,11 @@ class Core(wiring.Component):
         cx.H = Banks(m, "h", 18, p.n_layers * cd, K)
         cx.XN = Banks(m, "xn", NORM_BITS, ch, K)
         cx.GM = Banks(m, "gain", 48, p.extra["gain_words"], K, init=p.gmem, writable=False)
+        # The matvec quantizer needs one 16-bit gain slot at a time: a slot-major copy of the gains
+        # lets it read that slot straight from a block RAM into a register (no slot mux after the
+        # RAM's output, which was the ECP5 critical path).
+        cx.GS = Banks(m, "gain_slot", 16, 3 * p.extra["gain_words"], K, writable=False,
+                      init=[[(w >> (16 * s)) & 0xFFFF for s in range(3) for w in bank] for bank in p.gmem])
         cx.xq_rd, cx.xq_wr = ram(m, "xq", XQ_BITS * K, ch)
         cx.emb = DeepRom(m, "emb", 8 * K, p.emb)
         cx.wmem = DeepRom(m, "weights", 2 * p.lanes, p.wmem)
@@ -154,20 +159,18 @@ class Core(wiring.Component):
         for k in range(K):
             # X: vector unit reads (gain) / writes (embed); post unit read-modify-writes.
             with m.If(is_mv):
-                m.d.comb += [cx.X.rd[k].addr.eq(pp.addr), cx.F.rd[k].addr.eq(pp.addr),
-                             cx.GM.rd[k].addr.eq(mv.g_addr)]
+                m.d.comb += [cx.X.rd[k].addr.eq(pp.addr), cx.F.rd[k].addr.eq(pp.addr)]
                 m.d.comb += [cx.X.wr[k].addr.eq(pp.waddr), cx.X.wr[k].data.eq(pp.x_wd),
                              cx.X.wr[k].en.eq(pp.we_x & (pp.wbank == k))]
                 m.d.comb += [cx.T.wr[k].addr.eq(pp.waddr), cx.T.wr[k].data.eq(pp.t_wd),
                              cx.T.wr[k].en.eq(pp.we_t & (pp.wbank == k))]
             with m.Else():
-                m.d.comb += [cx.X.rd[k].addr.eq(ps.addr), cx.F.rd[k].addr.eq(ps.addr),
-                             cx.GM.rd[k].addr.eq(ps.g_addr)]
+                m.d.comb += [cx.X.rd[k].addr.eq(ps.addr), cx.F.rd[k].addr.eq(ps.addr)]
                 m.d.comb += [cx.X.wr[k].addr.eq(ps.waddr), cx.X.wr[k].data.eq(ps.wd[k]),
                              cx.X.wr[k].en.eq(ps.we_x)]
                 m.d.comb += [cx.T.wr[k].addr.eq(ps.waddr), cx.T.wr[k].data.eq(ps.wd[k]),
                              cx.T.wr[k].en.eq(ps.we_t)]
-            m.d.comb += [cx.T.rd[k].addr.eq(ps.addr),
+            m.d.comb += [cx.T.rd[k].addr.eq(ps.addr), cx.GM.rd[k].addr.eq(ps.g_addr), cx.GS.rd[k].addr.eq(mv.gs_addr),
                          cx.XN.rd[k].addr.eq(mv.xn_addr),
                          cx.XN.wr[k].addr.eq(ps.xn_waddr), cx.XN.wr[k].data.eq(ps.xn_wd[k]),
                          cx.XN.wr[k].en.eq(ps.we_xn),

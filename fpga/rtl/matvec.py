@@ -41,6 +41,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     g = Signal(range(max(2, max(o.groups for o in p.ops) + 1)))
     t = Signal(range(max(2, max(o.period0 for o in p.ops) + 1)))
     wa = Signal(range(max(2, len(p.wmem) + 1)))
+    gw = p.extra["gain_words"]
+    gs_base = Signal(range(max(2, 3 * gw)))  # slot * gain_words + gbase, set at START
     dly = Signal(2)
     iss = Signal()
     cx.post_all = Signal()
@@ -50,7 +52,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
                 m.next = "START"
         with m.State("START"):
             m.d.comb += cx.recip.addr.eq(m_sel - 1024)
-            m.d.sync += [amt_q.eq(qs.amount(e_sel - 17)), g.eq(0), t.eq(0), wa.eq(op["wbase"])]
+            m.d.sync += [amt_q.eq(qs.amount(e_sel - 17)), g.eq(0), t.eq(0), wa.eq(op["wbase"]),
+                         gs_base.eq(Mux(slot == 0, 0, Mux(slot == 1, gw, 2 * gw)) + op["gbase"])]
             m.next = "LOADR"
         with m.State("LOADR"):
             m.d.sync += recip_q.eq(cx.recip.data)
@@ -78,18 +81,16 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # ------------------------------------------------------------ M0: issue
     c0 = t[: max(1, (ch - 1).bit_length())] if ch > 1 else Signal(1)
     mv.xn_addr = c0
-    mv.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch)))
-    m.d.comb += mv.g_addr.eq(op["gbase"] + c0)
+    mv.gs_addr = Signal(range(max(2, 3 * p.extra["gain_words"] + ch)))  # slot-major gain copy (core.GS)
+    m.d.comb += mv.gs_addr.eq(gs_base + c0)
     g0 = g == 0
     first, last = t == 0, t == op["chunks"] - 1
 
     # ------------------------------------------------------------ M1..M7: quantizer lanes (group 0)
     xn2, gs2 = [], []
     for k in range(K):
-        gw = cx.GM.data(k)
         xn2.append(reg(m, cx.XN.data(k).as_signed(), signed(16), name=f"q_xn2_{k}"))
-        gs2.append(reg(m, Mux(slot == 0, gw[0:16], Mux(slot == 1, gw[16:32], gw[32:48])).as_signed(), signed(16),
-                       name=f"q_g2_{k}"))
+        gs2.append(reg(m, cx.GS.data(k).as_signed(), signed(16), name=f"q_g2_{k}"))
     z3 = [mul_reg(m, xn2[k], gs2[k], signed(32), f"q_z3_{k}", cx.dsp) for k in range(K)]
     u4 = [reg(m, qs.shift(z3[k], amt_q), qs.mid_shape, name=f"q_u4_{k}") for k in range(K)]
     z26 = [round_sat2(m, u4[k], 18, f"q_z6_{k}") for k in range(K)]  # two stages: valid at M6
