@@ -28,6 +28,21 @@ from .norm_quant import rmsnorm_quantize_multi, rmsnorm_quantize_naive
 GEMV_MAX_BATCH = 16
 
 
+@triton.jit
+def _rescale_store(acc, rm, rn, mmask, nmask, p, M, N, c_ptr, sa_ptr, sw_ptr, res_ptr, stride_cm, stride_rm,
+                   HAS_RES: tl.constexpr):
+    """Shared epilogue: ``y = acc / (s_x s_w)`` (+ residual) stored in projection ``p``'s columns."""
+    sa = tl.load(sa_ptr + p * M + rm, mask=mmask, other=1.0)
+    sw = tl.load(sw_ptr + p)
+    y = tl.math.div_rn(acc.to(tl.float32), (sa * sw)[:, None])
+    cmask = mmask[:, None] & nmask[None, :]
+    if HAS_RES:
+        y += tl.load(res_ptr + rm[:, None].to(tl.int64) * stride_rm + p * N + rn[None, :], mask=cmask,
+                     other=0.0).to(tl.float32)  # fmt: skip
+    tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + p * N + rn[None, :],
+             cast_to(y, c_ptr.dtype.element_ty), mask=cmask)  # fmt: skip
+
+
 def _packed_mm_body(
     a_ptr, w_ptr, c_ptr, sa_ptr, sw_ptr, res_ptr, M, N, K, KB,
     stride_ap, stride_am, stride_wn, stride_cm, stride_rm,
@@ -54,15 +69,7 @@ def _packed_mm_body(
             a = tl.load(a_base + (col + j)[None, :], mask=mmask[:, None] & ((col + j) < K)[None, :], other=0)
             acc = tl.dot(a, w, acc, out_dtype=tl.int32)
         w_ptrs += BKB
-    sa = tl.load(sa_ptr + p * M + rm, mask=mmask, other=1.0)
-    sw = tl.load(sw_ptr + p)
-    y = tl.math.div_rn(acc.to(tl.float32), (sa * sw)[:, None])
-    cmask = mmask[:, None] & nmask[None, :]
-    if HAS_RES:
-        y += tl.load(res_ptr + rm[:, None].to(tl.int64) * stride_rm + p * N + rn[None, :], mask=cmask,
-                     other=0.0).to(tl.float32)  # fmt: skip
-    tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + p * N + rn[None, :],
-             cast_to(y, c_ptr.dtype.element_ty), mask=cmask)  # fmt: skip
+    _rescale_store(acc, rm, rn, mmask, nmask, p, M, N, c_ptr, sa_ptr, sw_ptr, res_ptr, stride_cm, stride_rm, HAS_RES)
 
 
 def _packed_gemv_body(
@@ -102,15 +109,7 @@ def _packed_gemv_body(
         w_ptrs += BKB
     if BM == 1:
         acc = tl.sum(part, axis=1)[None, :]
-    sa = tl.load(sa_ptr + p * M + rm, mask=mmask, other=1.0)
-    sw = tl.load(sw_ptr + p)
-    y = tl.math.div_rn(acc.to(tl.float32), (sa * sw)[:, None])
-    cmask = mmask[:, None] & nmask[None, :]
-    if HAS_RES:
-        y += tl.load(res_ptr + rm[:, None].to(tl.int64) * stride_rm + p * N + rn[None, :], mask=cmask,
-                     other=0.0).to(tl.float32)  # fmt: skip
-    tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + p * N + rn[None, :],
-             cast_to(y, c_ptr.dtype.element_ty), mask=cmask)  # fmt: skip
+    _rescale_store(acc, rm, rn, mmask, nmask, p, M, N, c_ptr, sa_ptr, sw_ptr, res_ptr, stride_cm, stride_rm, HAS_RES)
 
 
 def _gemv_configs() -> list[triton.Config]:
