@@ -151,17 +151,23 @@ struct Scale {
     int E;        // its exponent: output ~= acc_s * q_m * 2^E
 };
 
-// Outer RMSNorm, scale-free (FORMATS 4.1): t = normalize16(x) * gain.
-template <int N>
-void int_gain(const int32_t x[N], const int16_t gain[N], int32_t t[N]) {
+// max |x[i]| over a vector (the leading-one input of normalize16).
+template <int N, typename T>
+uint64_t max_abs(const T x[N]) {
     uint64_t mx = 0;
-GAIN_MAX:
+MAX_ABS:
     for (int i = 0; i < N; ++i) {
 #pragma HLS PIPELINE II=1
         const uint64_t v = static_cast<uint64_t>(iabs(x[i]));
         if (v > mx) mx = v;
     }
-    const int k = mmf::norm16_shift(mx);
+    return mx;
+}
+
+// Outer RMSNorm, scale-free (FORMATS 4.1): t = normalize16(x) * gain.
+template <int N>
+void int_gain(const int32_t x[N], const int16_t gain[N], int32_t t[N]) {
+    const int k = mmf::norm16_shift(max_abs<N>(x));
 GAIN_MUL:
     for (int i = 0; i < N; ++i) {
 #pragma HLS PIPELINE II=1
@@ -178,14 +184,7 @@ void bitlinear(const TIN t[DIN], const int16_t gain[DIN], uint32_t k_m, int32_t 
     int32_t z[DIN];
     int8_t xq[W * 16];
 #pragma HLS ARRAY_PARTITION variable=xq cyclic factor=16
-    uint64_t mx = 0;
-BL_MAX:
-    for (int i = 0; i < DIN; ++i) {
-#pragma HLS PIPELINE II=1
-        const uint64_t v = static_cast<uint64_t>(iabs(t[i]));
-        if (v > mx) mx = v;
-    }
-    const int k = mmf::norm16_shift(mx);
+    const int k = mmf::norm16_shift(max_abs<DIN>(t));
     int64_t sumsq = 0, amax = 0;
 BL_NORM:
     for (int i = 0; i < DIN; ++i) {
