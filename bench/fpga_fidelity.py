@@ -29,8 +29,9 @@ import matmulfree
 def _tokens_from_data_module(spec: str | None, checkpoint: str) -> np.ndarray:
     """Validation token ids of ``spec`` (default: the default corpus) with the checkpoint's tokenizer."""
     from matmulfree.data import load_tokenizer, tokenize_split
+    from matmulfree.recipe import DEFAULT_SOURCE
 
-    tokens = tokenize_split(spec or "shakespeare", load_tokenizer(checkpoint), "validation").tokens
+    tokens = tokenize_split(spec or DEFAULT_SOURCE, load_tokenizer(checkpoint), "validation").tokens
     return np.asarray(tokens, dtype=np.int64)
 
 

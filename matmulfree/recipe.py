@@ -23,12 +23,15 @@ from .config import CONFIG_CLASSES, PRESETS, ConfigError, _BaseConfig, check_typ
 SCHEDULES = ("cosine", "cosine-halved", "two-stage", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 
+#: The default data source: the embedded Shakespeare corpus (DESIGN.md section 4).
+DEFAULT_SOURCE = "shakespeare"
+
 
 @dataclass
 class DataSection:
     """Where tokens come from. ``source``/``validation_source``: see :mod:`matmulfree.data.corpora`."""
 
-    source: str = "shakespeare"
+    source: str = DEFAULT_SOURCE
     validation_source: str | None = None  # default: the validation split of ``source``
     tokenizer: str = "bytes"  # bytes | bpe:N | hf:NAME
     seq_len: int = 256  # tokens per training sequence

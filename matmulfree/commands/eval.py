@@ -6,14 +6,16 @@ import argparse
 import json
 import math
 
+from ..recipe import DEFAULT_SOURCE
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: loss, perplexity, bits per byte",
                        description="Evaluate a model directory on a data source's validation split "
                        "(default: the default Shakespeare corpus).")
     p.add_argument("checkpoint", help="model directory (config.json + model.safetensors [+ tokenizer])")
-    p.add_argument("--data", default="shakespeare", help="data source, e.g. shakespeare, text:PATH, "
-                   "jsonl:PATH[:FIELD], parquet:PATH[:FIELD], hf:NAME[:CONFIG][:SPLIT] (default shakespeare)")
+    p.add_argument("--data", default=DEFAULT_SOURCE, help="data source, e.g. shakespeare, text:PATH, "
+                   "jsonl:PATH[:FIELD], parquet:PATH[:FIELD], hf:NAME[:CONFIG][:SPLIT] (default %(default)s)")
     p.add_argument("--split", default="validation", choices=["train", "validation"], help="split (default validation)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per evaluated sequence (default 256)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
