@@ -218,6 +218,29 @@ def test_build_rejects_designs_that_do_not_fit(tiny, tmp_path):
         build(prog, tmp_path, BuildOptions(device="12k"), 1)
 
 
+def test_fit_check_names_what_uses_the_hard_blocks(tmp_path):
+    """A design over the UP5K's block RAMs / multipliers: the error names each resource with numbers
+    and the memories / units that use it (counted in the netlist)."""
+    from matmulfree.fpga.rtl.build import check_fit, hard_block_owners
+
+    cells = {f"uart.core.emb{i}.0.0": "SB_RAM40_4K" for i in range(20)}
+    cells.update({f"uart.core.lut_recip.{i}.0": "SB_RAM40_4K" for i in range(12)})
+    cells.update({f"uart.core.v_t5_{i}_SB_MAC16_O": "SB_MAC16" for i in range(6)})
+    cells.update({"uart.core.p3_ma_SB_MAC16_O": "SB_MAC16", "uart.core.q_z8_0_SB_DFF_Q_1_D_SB_MAC16_A": "SB_MAC16",
+                  "uart.core.sc_pr_SB_MAC16_O_1": "SB_MAC16", "uart.logits.0.0": "SB_RAM40_4K", "x": "SB_LUT4"})
+    netlist = {"modules": {"top": {"cells": {n: {"type": t} for n, t in cells.items()}}}}
+    (tmp_path / "top.json").write_text(json.dumps(netlist))
+    (tmp_path / "synth_stat.txt").write_text("     33   SB_RAM40_4K\n      9   SB_MAC16\n   4000   SB_LUT4\n")
+    owners = hard_block_owners(tmp_path, "ice40")
+    assert owners == {"bram": {"emb": 20, "lut_recip": 12, "logits": 1},
+                      "mult": {"vector unit": 6, "post unit": 1, "quantizer": 1, "output scale": 1}}
+    with pytest.raises(BuildError) as e:
+        check_fit(tmp_path, BuildOptions(target="ice40", device="up5k", package="sg48", clock_mhz=12))
+    msg = str(e.value)
+    assert "SB_RAM40_4K 33 > 30 (emb 20, lut_recip 12, logits 1)" in msg
+    assert "SB_MAC16 9 > 8 (vector unit 6" in msg and "SB_LUT4" not in msg.split("(synthesis")[0]
+
+
 @pytest.mark.slow
 def test_ecp5_bitstream_tiny(tiny, tmp_path):
     """One complete open-source build: Amaranth -> yosys -> nextpnr-ecp5 -> ecppack."""
@@ -232,6 +255,8 @@ def test_ecp5_bitstream_tiny(tiny, tmp_path):
     for k in ("lut4", "ff", "bram", "mult"):
         r = saved["resources"][k]
         assert 0 < r["used"] <= r["available"] and r["percent"] == pytest.approx(100 * r["used"] / r["available"], 0.01)
+    for k in ("bram", "mult"):  # every block RAM and multiplier is attributed to a memory / unit
+        assert sum(saved["hard_blocks_by_owner"][k].values()) == saved["resources"][k]["used"]
     assert saved["fmax_mhz"] > 50 and saved["cycles_per_token"] == schedule.cycles_per_token(prog)
     assert saved["tokens_per_s_at_fmax"] == pytest.approx(saved["fmax_mhz"] * 1e6 / saved["cycles_per_token"], 1e-3)
     assert "module top" in (tmp_path / "accel.v").read_text()

@@ -90,6 +90,16 @@ class VarShift:
         wide = x.as_signed() << self.lmax
         return wide >> amt
 
+    def shift_coarse(self, x: Value, amt: Value) -> Value:
+        """Stage 1 split in two for timing, first half: ``x >>> (8 * (amt >> 3))`` on the widened value."""
+        wide = x.as_signed() << self.lmax
+        return wide >> Cat(Const(0, 3), amt[3:]) if len(amt) > 3 else wide
+
+    @staticmethod
+    def shift_fine(u: Value, amt: Value) -> Value:
+        """Second half: ``u >>> (amt & 7)`` (``u`` from :meth:`shift_coarse`, registered)."""
+        return u >> amt[:3]
+
     @staticmethod
     def finish(u: Value) -> Value:
         """Stage 2: round half up."""

@@ -183,15 +183,52 @@ def synth_counts(out: Path) -> dict[str, int]:
     return counts
 
 
+#: Which part of the core a multiplier serves, from the prefix of its register's name.
+MULT_UNITS = (("v_", "vector unit"), ("q_", "quantizer"), ("sc_", "output scale"), ("p", "post unit"))
+
+
+def _owner(cell: str, kind: str) -> str:
+    """Owner of a hard block from its netlist name (``uart.core.emb3.0.2`` -> ``emb``;
+    ``uart.core.v_t5_4_mult`` -> ``vector unit``)."""
+    parts = [p for p in cell.split(".") if not p.isdigit()]
+    leaf = parts[parts.index("core") + 1] if "core" in parts[:-1] else parts[-1]
+    name = re.split(r"_SB_|_TRELLIS|_mult\b|\$", leaf)[0] or cell
+    if kind == "mult":
+        return next((unit for pre, unit in MULT_UNITS if name.startswith(pre)), name)
+    return re.sub(r"\d+$", "", name) or name
+
+
+def hard_block_owners(out: Path, target: str) -> dict[str, dict[str, int]]:
+    """Block RAMs per memory and multipliers per unit, counted in the synthesized netlist
+    ``top.json``: ``{"bram": {"weights": 88, "emb": 16, ...}, "mult": {"vector unit": 40, ...}}``."""
+    netlist = json.loads((out / "top.json").read_text())
+    owners: dict[str, dict[str, int]] = {key: {} for key in STAT_CELLS[target]}
+    for module in netlist["modules"].values():
+        for name, cell in module["cells"].items():
+            for key, ctype in STAT_CELLS[target].items():
+                if cell["type"] == ctype:
+                    who = _owner(name, key)
+                    owners[key][who] = owners[key].get(who, 0) + 1
+    return {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in owners.items()}
+
+
+def _owners_text(owners: dict[str, int], limit: int = 6) -> str:
+    items = list(owners.items())
+    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
+    return text + (f", other {sum(v for _, v in items[limit:])}" if len(items) > limit else "")
+
+
 def check_fit(out: Path, opts: BuildOptions) -> None:
     """Raise :class:`BuildError` naming every hard resource (block RAM, multipliers, logic) that the
     synthesized netlist needs beyond the device, with numbers, before place and route."""
     counts = synth_counts(out)
     cap = DEVICES[(opts.target, opts.device)]
     over = []
+    owners = hard_block_owners(out, opts.target) if (out / "top.json").exists() else {}
     for key, cell in STAT_CELLS[opts.target].items():
         if counts.get(cell, 0) > cap[key]:
-            over.append(f"{cell} {counts[cell]} > {cap[key]}")
+            by = f" ({_owners_text(owners[key])})" if owners.get(key) else ""
+            over.append(f"{cell} {counts[cell]} > {cap[key]}{by}")
     if opts.target == "ice40":
         luts = counts.get("SB_LUT4", 0)
         ffs = sum(v for k, v in counts.items() if k.startswith("SB_DFF"))
@@ -261,6 +298,8 @@ def summary_table(s: dict[str, Any]) -> str:
              f"{'resource':<10}{'used':>10}{'available':>11}{'%':>8}"]
     for k, v in s["resources"].items():
         lines.append(f"{k:<10}{v['used']:>10}{v['available']:>11}{v['percent']:>8.1f}")
+    for k, owners in s.get("hard_blocks_by_owner", {}).items():
+        lines.append(f"  {k} by owner: {_owners_text(owners, 8)}")
     lines += ["",
               f"clock requested  {s['clock_mhz_requested']:.2f} MHz (PLL {s.get('clock_mhz_pll', 0):.2f} MHz)",
               f"Fmax achieved    {s['fmax_mhz']:.2f} MHz  timing {'met' if s['timing_met'] else 'NOT met'}",
@@ -318,6 +357,7 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
     files = pack(out, opts)
     times["pack"] = time.perf_counter() - t0 - sum(times.values())
     rep = parse_report(out, opts)
+    owners = hard_block_owners(out, opts.target)
     fmax = rep["fmax_mhz"]
     timing_met = fmax >= f_pll - 1e-6
     lb = prog.lower_bound_cycles()
@@ -334,6 +374,7 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
         "lanes": prog.lanes, "rows": prog.R, "inputs": prog.K,
         "clock_mhz_requested": float(opts.clock_mhz), "clock_mhz_pll": float(f_pll),
         "fmax_mhz": fmax, "timing_met": bool(timing_met), "resources": rep["resources"],
+        "hard_blocks_by_owner": owners,
         "cycles_per_token": int(cycles_per_token), "cycles_per_token_lower_bound": int(lb),
         "tokens_per_s_at_fmax": round(fmax * 1e6 / cycles_per_token, 2),
         "tokens_per_s_at_clock": round(min(fmax, f_pll) * 1e6 / cycles_per_token, 2) if timing_met else None,

@@ -5,9 +5,11 @@ trees), the row-group drain and the per-BitLinear output scale.
 Issue order: group ``g`` (rows ``g*R .. g*R+R-1``) then chunk ``c`` (inputs ``c*K .. c*K+K-1``);
 one weight word per cycle. Group 0 reads ``XN`` and the gains and quantizes (FORMATS §4.3):
 ``z = xn * gain``, ``z2 = sat18(round_shift(z, e-17))``, ``x_q = sat8(round_shift(z2 * RECIP, 26))``,
-storing ``x_q`` in ``XQ`` for later groups. Pipeline: M0 issue, M1 data, M2 registered, M3 product,
-M4 shift, M5-M6 round + saturate, M7 product, M8 ``x_q``, M9 ``x_q`` + weights registered, M10
-terms, then ``log2 K`` tree levels and the accumulator.
+storing ``x_q`` in ``XQ`` for later groups. Pipeline: M0 issue, M1 data, M2 registered beside the
+RAMs, M3 registered beside the multipliers, M4 product, M5 coarse shift (multiples of 8), M6 fine
+shift, M7-M8 round + saturate, M9 product, M10 ``x_q``, M11 ``x_q`` + weights registered, M12
+terms, then ``log2 K`` tree levels and the accumulator. (The two extra register stages keep the
+block-RAM clock-to-output and the long barrel shift in separate cycles: ECP5 Fmax margin.)
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     t = Signal(range(max(2, max(o.period0 for o in p.ops) + 1)))
     wa = Signal(range(max(2, len(p.wmem) + 1)))
     gw = p.extra["gain_words"]
-    gs_base = Signal(range(max(2, 3 * gw)))  # slot * gain_words + gbase, set at START
+    # slot-major gain address (core.GS): slot * gain_words + gbase + c as a counter over group 0
+    # (no adder between the register and the gain RAMs); later groups do not read the gains
+    mv.gs_addr = Signal(range(max(2, 3 * gw + max(o.period0 for o in p.ops) + 1)), name="mv_gs_addr")
     dly = Signal(2)
     iss = Signal()
     cx.post_all = Signal()
@@ -53,7 +57,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         with m.State("START"):
             m.d.comb += cx.recip.addr.eq(m_sel - 1024)
             m.d.sync += [amt_q.eq(qs.amount(e_sel - 17)), g.eq(0), t.eq(0), wa.eq(op["wbase"]),
-                         gs_base.eq(Mux(slot == 0, 0, Mux(slot == 1, gw, 2 * gw)) + op["gbase"])]
+                         mv.gs_addr.eq(Mux(slot == 0, 0, Mux(slot == 1, gw, 2 * gw)) + op["gbase"])]
             m.next = "LOADR"
         with m.State("LOADR"):
             m.d.sync += recip_q.eq(cx.recip.data)
@@ -64,6 +68,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
             m.d.sync += t.eq(t + 1)
             with m.If(iss):
                 m.d.sync += wa.eq(wa + 1)
+            with m.If(g == 0):
+                m.d.sync += mv.gs_addr.eq(mv.gs_addr + 1)
             with m.If(t == per - 1):
                 m.d.sync += [t.eq(0), g.eq(g + 1)]
                 with m.If(g == op["groups"] - 1):
@@ -81,49 +87,50 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # ------------------------------------------------------------ M0: issue
     c0 = t[: max(1, (ch - 1).bit_length())] if ch > 1 else Signal(1)
     mv.xn_addr = c0
-    mv.gs_addr = Signal(range(max(2, 3 * p.extra["gain_words"] + ch)))  # slot-major gain copy (core.GS)
-    m.d.comb += mv.gs_addr.eq(gs_base + c0)
     g0 = g == 0
     first, last = t == 0, t == op["chunks"] - 1
 
-    # ------------------------------------------------------------ M1..M7: quantizer lanes (group 0)
-    xn2, gs2 = [], []
+    # ------------------------------------------------------------ M1..M10: quantizer lanes (group 0)
+    xn3, gs3 = [], []
     for k in range(K):
-        xn2.append(reg(m, cx.XN.data(k).as_signed(), signed(16), name=f"q_xn2_{k}"))
-        gs2.append(reg(m, cx.GS.data(k).as_signed(), signed(16), name=f"q_g2_{k}"))
-    z3 = [mul_reg(m, xn2[k], gs2[k], signed(32), f"q_z3_{k}", cx.dsp) for k in range(K)]
-    u4 = [reg(m, qs.shift(z3[k], amt_q), qs.mid_shape, name=f"q_u4_{k}") for k in range(K)]
-    z26 = [round_sat2(m, u4[k], 18, f"q_z6_{k}") for k in range(K)]  # two stages: valid at M6
-    p7 = [mul_reg(m, z26[k], recip_q, signed(36), f"q_p7_{k}", cx.dsp) for k in range(K)]
-    xq8 = [reg(m, saturate(const_round_shift(p7[k], 26), 8), signed(8), name=f"q_xq8_{k}") for k in range(K)]
+        xn2 = reg(m, cx.XN.data(k).as_signed(), signed(16), name=f"q_xn2_{k}")
+        gs2 = reg(m, cx.GS.data(k).as_signed(), signed(16), name=f"q_g2_{k}")
+        xn3.append(reg(m, xn2, name=f"q_xn3_{k}"))
+        gs3.append(reg(m, gs2, name=f"q_g3_{k}"))
+    z4 = [mul_reg(m, xn3[k], gs3[k], signed(32), f"q_z4_{k}", cx.dsp) for k in range(K)]
+    u5 = [reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}") for k in range(K)]
+    u6 = [reg(m, qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}") for k in range(K)]
+    z28 = [round_sat2(m, u6[k], 18, f"q_z8_{k}") for k in range(K)]  # two stages: valid at M8
+    p9 = [mul_reg(m, z28[k], recip_q, signed(36), f"q_p9_{k}", cx.dsp) for k in range(K)]
+    xq10 = [reg(m, saturate(const_round_shift(p9[k], 26), 8), signed(8), name=f"q_xq10_{k}") for k in range(K)]
 
     ctl = [Cat(iss, g0, first, last)]
     cc = [c0]
     was = [wa]
-    for i in range(1, 10):
+    for i in range(1, 12):
         ctl.append(reg(m, ctl[-1], name=f"mv_ctl{i}"))
         cc.append(reg(m, cc[-1], name=f"mv_c{i}"))
-        if i <= 6:
+        if i <= 8:
             was.append(reg(m, was[-1], name=f"mv_wa{i}"))
-    m.d.comb += cx.wmem.addr.eq(was[6])  # weights (DeepRom, 2 cycles) valid at M8
-    m.d.comb += cx.xq_rd.addr.eq(cc[7])  # x_q of later groups valid at M8
-    m.d.comb += [cx.xq_wr.addr.eq(cc[8]), cx.xq_wr.data.eq(Cat(*xq8)), cx.xq_wr.en.eq(ctl[8][0] & ctl[8][1])]
-    w8 = reg(m, cx.wmem.data, name="mv_w9")
-    xq = [reg(m, Mux(ctl[8][1], xq8[k], lane(cx.xq_rd.data, k, XQ_BITS).as_signed()), signed(8), name=f"mv_xq9_{k}")
-          for k in range(K)]
-    ctl8 = ctl[9]
+    m.d.comb += cx.wmem.addr.eq(was[8])  # weights (DeepRom, 2 cycles) valid at M10
+    m.d.comb += cx.xq_rd.addr.eq(cc[9])  # x_q of later groups valid at M10
+    m.d.comb += [cx.xq_wr.addr.eq(cc[10]), cx.xq_wr.data.eq(Cat(*xq10)), cx.xq_wr.en.eq(ctl[10][0] & ctl[10][1])]
+    w11 = reg(m, cx.wmem.data, name="mv_w11")
+    xq = [reg(m, Mux(ctl[10][1], xq10[k], lane(cx.xq_rd.data, k, XQ_BITS).as_signed()), signed(8),
+              name=f"mv_xq11_{k}") for k in range(K)]
+    ctl11 = ctl[11]
 
-    # ------------------------------------------------------------ M7..: ternary terms, adder trees
+    # ------------------------------------------------------------ M12..: ternary terms, adder trees
     sums = []
     for r in range(R):
         terms = []
         for k in range(K):
-            code = w8[2 * (r * K + k): 2 * (r * K + k) + 2]
+            code = w11[2 * (r * K + k): 2 * (r * K + k) + 2]
             terms.append(reg(m, Mux(code == 0b01, xq[k], Mux(code == 0b11, -xq[k], 0)), signed(9),
                              name=f"mv_term_{r}_{k}"))
         s, lv = tree(m, terms, lambda a, b: a + b, f"mv_tree{r}")
         sums.append(s)
-    ctla = delay(m, ctl8, 1 + cx.lgK, "mv_ctla")
+    ctla = delay(m, ctl11, 1 + cx.lgK, "mv_ctla")
     va, firsta, lasta = ctla[0], ctla[2], ctla[3]
     acc = [Signal(signed(acc_bits), name=f"acc{r}") for r in range(R)]
     with m.If(va):

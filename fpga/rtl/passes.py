@@ -8,8 +8,9 @@
   mantissa/exponent ``(m_b, e_b)`` of each ``max|z_b|`` (§3, §4.3).
 
 Pipeline: issue (V0) -> memory data (V1) -> registered (V2) -> shift (V3) -> round + sat16 (V4)
-(two stages, V5) -> multiply (V6, writes) -> |.| masked (V7) -> registered max/sum trees -> running
-registers. (Stage names below are one lower than the cycles after the round, which takes two.)
+(two stages, V5) -> multiply (V6, writes) -> registered (V7) -> |.| masked (V8) -> registered
+max/sum trees -> running registers. (Stage names below are one lower than the cycles after the
+round, which takes two.)
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     c = Signal(range(ch + 1))
     flush = Signal(range(16))
     active = Signal()
-    cx.pass_latency = 6 + cx.lgK  # cycles from the last issue to the last tree output, minus one
+    cx.pass_latency = 7 + cx.lgK  # cycles from the last issue to the last tree output, minus one
 
     # ------------------------------------------------------------ control
     iss = Signal()
+    # gain address gbase + c as its own counter: no adder between the register and the gain RAMs
+    ps.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch)), name="ps_g_addr")
     for name in ("rst_x", "rst_t", "upd_x", "upd_t"):
         setattr(ps, name, Signal(name=f"ps_{name}"))
     with m.FSM(name="vec") as fsm:
@@ -74,7 +77,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
                 m.next = "SETUP1"
         with m.State("SETUP1"):
             mx = Mux(is_norm | op["src_t"], cx.mx_t, cx.mx_x)
-            m.d.sync += [bl.eq(bitlength(mx)), mx_zero.eq(mx == 0), c.eq(0)]
+            m.d.sync += [bl.eq(bitlength(mx)), mx_zero.eq(mx == 0), c.eq(0), ps.g_addr.eq(op["gbase"])]
             m.next = "SETUP2"
         with m.State("SETUP2"):
             k = Mux(mx_zero, 0, bl - (NORM_BITS - 1))
@@ -85,7 +88,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
             m.next = "ISSUE"
         with m.State("ISSUE"):
             m.d.comb += [iss.eq(1), active.eq(1)]
-            m.d.sync += c.eq(c + 1)
+            m.d.sync += [c.eq(c + 1), ps.g_addr.eq(ps.g_addr + 1)]
             with m.If(c == op["chunks"] - 1):
                 m.d.sync += flush.eq(0)
                 m.next = "FLUSH"
@@ -114,16 +117,16 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ V0: issue
     ps.addr = c
-    ps.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch)))
-    m.d.comb += ps.g_addr.eq(op["gbase"] + c)
-    m.d.comb += cx.emb.addr.eq(cx.tok_base + c)
+    # registered embedding address: the adder and its fan-out to the embedding block RAMs get a cycle
+    emb_addr = reg(m, cx.tok_base + c, cx.emb.addr.shape(), name="v_emb_addr")
+    m.d.comb += cx.emb.addr.eq(emb_addr)
     last = c == op["chunks"] - 1
     mask0 = Signal(K)
     for k in range(K):
         m.d.comb += mask0[k].eq(iss & (~last | (k < op["last_lanes"])))
     # control delayed along the pipeline: ctl[i] is valid at stage Vi
     ctl = [Cat(iss, mask0, c)]
-    for i in range(1, 7):
+    for i in range(1, 8):
         ctl.append(reg(m, ctl[-1], name=f"v_ctl{i}"))
 
     def valid(i):
@@ -145,10 +148,10 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         op2.append(reg(m, Mux(op["opnd_f"], cx.F.data(k).as_signed(), gw[:16].as_signed()), signed(18),
                        name=f"v_op2_{k}"))
         g2.append(reg(m, gw, name=f"v_g2_{k}"))
-    # embedding path (DeepRom data valid at V2): X = emb << res_shift, written at V5
-    x3 = [reg(m, lane(cx.emb.data, k, 8).as_signed() << fmt["res_shift"], signed(xw), name=f"v_x3_{k}")
+    # embedding path (registered address + DeepRom: data valid at V3): X = emb << res_shift, written at V5
+    x4 = [reg(m, lane(cx.emb.data, k, 8).as_signed() << fmt["res_shift"], signed(xw), name=f"v_x4_{k}")
           for k in range(K)]
-    x5 = [delay(m, x3[k], 3, f"v_x_{k}") for k in range(K)]
+    x5 = [delay(m, x4[k], 2, f"v_x_{k}") for k in range(K)]
 
     # ------------------------------------------------------------ V3 shift, V4 round + sat16
     u3 = [reg(m, vs.shift(src2[k], amt), vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
@@ -166,16 +169,21 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     ps.wd = [Mux(is_embed, x5[k], t5[k]) for k in range(K)]
     ps.we_x, ps.we_t = valid(6) & is_embed, valid(6) & is_gain
 
-    # ------------------------------------------------------------ V6 masked |.|, trees
-    a6 = [reg(m, Mux(mask(6, k), abs_(Mux(is_embed, x5[k], t5[k])), 0), unsigned(T_BITS), name=f"v_a6_{k}")
-          for k in range(K)]
-    s6 = [reg(m, Mux(mask(6, k), sq5[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s6_{k}") for k in range(K)]
-    zfan = [b < op["fanout"] for b in range(3)]
-    za6 = [[reg(m, Mux(mask(6, k) & zfan[b], abs_(z5[b][k]), 0), unsigned(32), name=f"v_za6_{b}_{k}")
+    # ------------------------------------------------------------ V6 registered, V7 masked |.|, trees
+    # (the products are registered once more before |.|: a multiplier output, a 36-bit negation and
+    # the routing between them did not fit one 10 ns cycle)
+    w6 = [reg(m, Mux(is_embed, x5[k], t5[k]), signed(T_BITS), name=f"v_w6_{k}") for k in range(K)]
+    sq6 = [reg(m, sq5[k], name=f"v_sq6_{k}") for k in range(K)]
+    z6 = [[reg(m, z5[b][k], name=f"v_z6_{b}_{k}") for k in range(K)] for b in range(3)]
+    a7 = [reg(m, Mux(mask(7, k), abs_(w6[k]), 0), unsigned(T_BITS), name=f"v_a7_{k}") for k in range(K)]
+    s7 = [reg(m, Mux(mask(7, k), sq6[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s7_{k}") for k in range(K)]
+    # one registered enable per (slot, lane): each drives 32 clears, not all 3 x 32 + 67 of mask(7, k)
+    zen7 = [[reg(m, mask(6, k) & (b < op["fanout"]), name=f"v_zen7_{b}_{k}") for k in range(K)] for b in range(3)]
+    za7 = [[reg(m, Mux(zen7[b][k], abs_(z6[b][k]), 0), unsigned(32), name=f"v_za7_{b}_{k}")
             for k in range(K)] for b in range(3)]
-    amax, lv = tree(m, a6, vmax, "v_amax")
-    ssum, _ = tree(m, s6, lambda a, b: a + b, "v_ssum")
-    zmx = [tree(m, za6[b], vmax, f"v_zmax{b}")[0] for b in range(3)]
+    amax, lv = tree(m, a7, vmax, "v_amax")
+    ssum, _ = tree(m, s7, lambda a, b: a + b, "v_ssum")
+    zmx = [tree(m, za7[b], vmax, f"v_zmax{b}")[0] for b in range(3)]
     assert lv == cx.lgK
 
     m.d.comb += [ps.upd_x.eq(active & is_embed), ps.upd_t.eq(active & is_gain)]

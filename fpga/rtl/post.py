@@ -2,10 +2,10 @@
 stages of the token step (FORMATS §4.6-4.9).
 
 Stages: P0 row in (+ buffer reads, argmax on the raw accumulator) -> P1 ``acc_s``, buffer data
--> P2 registered -> P3 products ``acc_s*q_m``, ``f*h``, ``(32768-f)*c`` -> P4 requant shift /
-recurrence sum -> P5 round, saturate -> P6 table input (``y`` or the new state ``h``) -> P7 index
--> P8 table data -> P9 operands -> P10 third product (``lb`` gate, ``g*sigma(h)`` or
-``SiLU(gate)*up``) -> buffer writes, logits out.
+-> P2 registered -> P3 products ``acc_s*q_m``, ``f*h``, ``(32768-f)*c`` -> P3b coarse requant shift
+(multiples of 8) / recurrence sum -> P4 fine shift -> P5 round, saturate -> P6 table input (``y`` or
+the new state ``h``) -> P7 index -> P8 table data -> P9 operands -> P10 third product (``lb`` gate,
+``g*sigma(h)`` or ``SiLU(gate)*up``) -> buffer writes, logits out.
 
 Per kind: forget ``F = sigma(f_pre)`` (lower bound optional); candidate ``C = SiLU(c_pre)``;
 gate ``H = sat(round_shift(f*h + (32768-f)*c, 15))`` and ``T = g*sigma(H)`` (paper) or
@@ -89,11 +89,16 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         carry["lb"] = lb2
     c3 = {n: reg(m, x, name=f"p3_{n}") for n, x in carry.items()}
 
-    # ------------------------------------------------------------ P4 requant shift, recurrence sum
-    u4 = reg(m, cx.rq.shift(prod3, cx.amt_rq), cx.rq.mid_shape, name="p4_u")
-    gs4 = reg(m, ma3 + mb3, signed(36), name="p4_gs")
-    c4 = {n: reg(m, x, name=f"p4_{n}") for n, x in c3.items()}
-    c4["gg"] = reg(m, prod3, name="p4_gg")
+    # ------------------------------------------------------------ P3b coarse requant shift, recurrence sum
+    u3b = reg(m, cx.rq.shift_coarse(prod3, cx.amt_rq), cx.rq.mid_shape, name="p3b_u")
+    gs3b = reg(m, ma3 + mb3, signed(36), name="p3b_gs")
+    c3b = {n: reg(m, x, name=f"p3b_{n}") for n, x in c3.items()}
+    c3b["gg"] = reg(m, prod3, name="p3b_gg")
+
+    # ------------------------------------------------------------ P4 fine requant shift
+    u4 = reg(m, cx.rq.shift_fine(u3b, cx.amt_rq), cx.rq.mid_shape, name="p4_u")
+    gs4 = reg(m, gs3b, name="p4_gs")
+    c4 = {n: reg(m, x, name=f"p4_{n}") for n, x in c3b.items()}
 
     # ------------------------------------------------------------ P5 range tests, P5b round + saturate
     y_bits = max(act, resb, logb)

@@ -5,7 +5,7 @@ from its shape; the tests check this model against the Amaranth simulation cycle
 Per op, the sequencer spends 3 cycles (fetch, decode, start) plus the unit's run time:
 
 * vector pass: ``4 + chunks + pass_latency`` (+5 for NORM: leading-one, two-step shifts, rsqrt read);
-* matvec: ``3 + (G > 1) * (period0 + (G - 2) * period) + chunks + 17 + log2 K + rows of the last
+* matvec: ``3 + (G > 1) * (period0 + (G - 2) * period) + chunks + 20 + log2 K + rows of the last
   group`` (start + reciprocal read, issue, quantizer/tree/accumulator pipeline, drain, post unit).
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from .program import DONE, MV, NORM, Program
 
-#: Pipeline cycles of the vector unit after its last issue (``4 + log2 K``).
-PASS_FIXED = 6
+#: Pipeline cycles of the vector unit after its last issue, besides the ``log2 K`` tree levels.
+PASS_FIXED = 7
 #: Matvec cycles beyond issue and drain (start, reciprocal, pipeline, post, settle).
-MV_FIXED = 25
+MV_FIXED = 28
 #: Sequencer cycles per op (fetch, decode, start).
 SEQ = 3
 #: Cycles between two accepted tokens beyond the ops (return to idle).
