@@ -188,7 +188,10 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     m.d.comb += [ps.upd_x.eq(active & is_embed), ps.upd_t.eq(active & is_gain)]
     ps.val_x, ps.val_t = amax, amax
-    with m.If(active & is_norm):
+    # registered update window (one cycle late: the trees output zeros outside a pass, and the first
+    # tree output comes well after the first issue), so the FSM state is not on the compare paths
+    norm_upd = reg(m, active & is_norm, name="v_norm_upd")
+    with m.If(norm_upd):
         m.d.sync += S.eq(S + ssum)
         for b in range(3):
             with m.If(zmx[b] > cx.zmax[b]):
