@@ -85,14 +85,16 @@ class VarShift:
         """Unsigned shift amount ``s - 1 + lmax`` (``s`` must already lie in range)."""
         return (s - 1 + self.lmax).as_unsigned()[: self.amt_bits]
 
+    def _widen(self, x: Value) -> Value:
+        return x.as_signed() << self.lmax
+
     def shift(self, x: Value, amt: Value) -> Value:
         """Stage 1: ``x >>> (s-1)`` on the widened value."""
-        wide = x.as_signed() << self.lmax
-        return wide >> amt
+        return self._widen(x) >> amt
 
     def shift_coarse(self, x: Value, amt: Value) -> Value:
         """Stage 1 split in two for timing, first half: ``x >>> (8 * (amt >> 3))`` on the widened value."""
-        wide = x.as_signed() << self.lmax
+        wide = self._widen(x)
         return wide >> Cat(Const(0, 3), amt[3:]) if len(amt) > 3 else wide
 
     @staticmethod

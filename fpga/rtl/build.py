@@ -202,13 +202,14 @@ def hard_block_owners(out: Path, target: str) -> dict[str, dict[str, int]]:
     """Block RAMs per memory and multipliers per unit, counted in the synthesized netlist
     ``top.json``: ``{"bram": {"weights": 88, "emb": 16, ...}, "mult": {"vector unit": 40, ...}}``."""
     netlist = json.loads((out / "top.json").read_text())
+    kind_of = {ctype: key for key, ctype in STAT_CELLS[target].items()}
     owners: dict[str, dict[str, int]] = {key: {} for key in STAT_CELLS[target]}
     for module in netlist["modules"].values():
         for name, cell in module["cells"].items():
-            for key, ctype in STAT_CELLS[target].items():
-                if cell["type"] == ctype:
-                    who = _owner(name, key)
-                    owners[key][who] = owners[key].get(who, 0) + 1
+            key = kind_of.get(cell["type"])
+            if key is not None:
+                who = _owner(name, key)
+                owners[key][who] = owners[key].get(who, 0) + 1
     return {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in owners.items()}
 
 
@@ -218,13 +219,16 @@ def _owners_text(owners: dict[str, int], limit: int = 6) -> str:
     return text + (f", other {sum(v for _, v in items[limit:])}" if len(items) > limit else "")
 
 
-def check_fit(out: Path, opts: BuildOptions) -> None:
+def check_fit(out: Path, opts: BuildOptions, owners: dict[str, dict[str, int]] | None = None) -> None:
     """Raise :class:`BuildError` naming every hard resource (block RAM, multipliers, logic) that the
-    synthesized netlist needs beyond the device, with numbers, before place and route."""
+    synthesized netlist needs beyond the device, with numbers and (``owners``, from
+    :func:`hard_block_owners`; read from ``top.json`` when not given) what uses them, before place
+    and route."""
     counts = synth_counts(out)
     cap = DEVICES[(opts.target, opts.device)]
     over = []
-    owners = hard_block_owners(out, opts.target) if (out / "top.json").exists() else {}
+    if owners is None:
+        owners = hard_block_owners(out, opts.target) if (out / "top.json").exists() else {}
     for key, cell in STAT_CELLS[opts.target].items():
         if counts.get(cell, 0) > cap[key]:
             by = f" ({_owners_text(owners[key])})" if owners.get(key) else ""
@@ -346,7 +350,8 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
     times["rtl"] = time.perf_counter() - t0
     synthesize(out, opts, pll_ports is not None)
     times["synth"] = time.perf_counter() - t0 - sum(times.values())
-    check_fit(out, opts)
+    owners = hard_block_owners(out, opts.target)  # the netlist is read once (tens of MB)
+    check_fit(out, opts, owners)
     try:
         place_route(out, opts)
     except BuildError as e:
@@ -357,7 +362,6 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
     files = pack(out, opts)
     times["pack"] = time.perf_counter() - t0 - sum(times.values())
     rep = parse_report(out, opts)
-    owners = hard_block_owners(out, opts.target)
     fmax = rep["fmax_mhz"]
     timing_met = fmax >= f_pll - 1e-6
     lb = prog.lower_bound_cycles()

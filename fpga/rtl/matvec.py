@@ -91,12 +91,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     first, last = t == 0, t == op["chunks"] - 1
 
     # ------------------------------------------------------------ M1..M10: quantizer lanes (group 0)
-    xn3, gs3 = [], []
-    for k in range(K):
-        xn2 = reg(m, cx.XN.data(k).as_signed(), signed(16), name=f"q_xn2_{k}")
-        gs2 = reg(m, cx.GS.data(k).as_signed(), signed(16), name=f"q_g2_{k}")
-        xn3.append(reg(m, xn2, name=f"q_xn3_{k}"))
-        gs3.append(reg(m, gs2, name=f"q_g3_{k}"))
+    xn3 = [delay(m, cx.XN.data(k).as_signed(), 2, f"q_xn_{k}") for k in range(K)]
+    gs3 = [delay(m, cx.GS.data(k).as_signed(), 2, f"q_g_{k}") for k in range(K)]
     z4 = [mul_reg(m, xn3[k], gs3[k], signed(32), f"q_z4_{k}", cx.dsp) for k in range(K)]
     u5 = [reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}") for k in range(K)]
     u6 = [reg(m, qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}") for k in range(K)]
