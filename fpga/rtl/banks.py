@@ -4,22 +4,39 @@ address ``i // K``, so a pass reads ``K`` consecutive elements per cycle."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, ClockSignal, Const, Instance, Module, Signal, unsigned
 from amaranth.lib import memory
+
+#: ECP5 DP16KD data widths with their depths (one 18-kbit block); only the modes whose
+#: ``INITVAL`` layout is checked against yosys' own mapping (tests/test_fpga_rtl.py).
+DP16KD_MODES = ((18, 1024), (9, 2048))
 
 
 class Banks:
     """``K`` memories of ``width`` bits x ``depth`` words (zero-initialized RAM or a ROM image).
 
-    Attributes ``rd[k]`` / ``wr[k]`` are the read / write ports; ``rdata(k)`` is the raw data.
+    Attributes ``rd[k]`` / ``wr[k]`` are the read / write ports; ``data(k)`` is the read data, one
+    cycle after ``rd[k].addr`` or, for a ROM with ``out_reg=True``, two cycles after it. With
+    ``prims="ecp5"`` such a ROM is a set of DP16KD blocks whose own output register (``OUTREG``)
+    is that second stage, so the block's slow clock-to-output stays out of the fabric paths.
     """
 
     def __init__(self, m: Module, name: str, width: int, depth: int, K: int,
-                 init: list[list[int]] | None = None, writable: bool = True) -> None:
+                 init: list[list[int]] | None = None, writable: bool = True,
+                 out_reg: bool = False, prims: str | None = None) -> None:
+        if out_reg and writable:
+            raise ValueError(f"Banks {name!r}: out_reg is for ROMs (writable=False)")
         self.width, self.depth, self.K = width, max(1, depth), K
         self.mems, self.rd, self.wr = [], [], []
         for k in range(K):
-            mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=(init[k] if init else []))
+            words = init[k] if init else []
+            if out_reg:
+                self.rd.append(rom_out_reg(m, f"{name}{k}", width, self.depth, words, prims))
+                self.wr.append(None)
+                continue
+            mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=words)
             m.submodules[f"{name}{k}"] = mem
             self.mems.append(mem)
             self.rd.append(mem.read_port())
@@ -32,6 +49,74 @@ class Banks:
 
     def data(self, k: int):
         return self.rd[k].data
+
+
+def dp16kd_mode(depth: int) -> tuple[int, int] | None:
+    """The widest DP16KD mode ``(width, depth)`` that holds ``depth`` words (None: too deep)."""
+    return next((mode for mode in DP16KD_MODES if mode[1] >= depth), None)
+
+
+def dp16kd_initvals(words: list[int], w: int) -> dict[str, Const]:
+    """``INITVAL_00`` .. ``INITVAL_3F`` of one DP16KD in ``w``-bit mode holding ``words``.
+
+    The block is 1024 rows of 18 bits (a ``w``-bit word ``a`` is bits ``a*w .. a*w+w-1`` of that
+    bit string); each parameter holds 16 rows, row ``i`` at bits ``20*i .. 20*i+17`` of 320.
+    """
+    bits = 0
+    for a, v in enumerate(words):
+        bits |= (int(v) & ((1 << w) - 1)) << (a * w)
+    params = {}
+    for idx in range(64):
+        val = 0
+        for i in range(16):
+            row = (bits >> ((idx * 16 + i) * 18)) & ((1 << 18) - 1)
+            val |= row << (20 * i)
+        params[f"p_INITVAL_{idx:02X}"] = Const(val, unsigned(320))
+    return params
+
+
+def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
+                prims: str | None = None) -> SimpleNamespace:
+    """A ROM whose data (``.data``) is valid two cycles after its address (``.addr``).
+
+    ``prims=None``: a memory read port and one register (simulation, other targets).
+    ``prims="ecp5"``: DP16KD blocks side by side in 18- or 9-bit mode with ``REGMODE=OUTREG``
+    (same behaviour); falls back to the first form when the ROM is deeper than 2048 words.
+    """
+    depth = max(1, depth)
+    addr = Signal(range(max(2, depth)), name=f"{name}_addr")
+    data = Signal(width, name=f"{name}_q")
+    mode = dp16kd_mode(depth) if prims == "ecp5" else None
+    if prims not in (None, "ecp5"):
+        raise ValueError(f"rom_out_reg: unknown primitives {prims!r}")
+    if mode is None:
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=init)
+        m.submodules[name] = mem
+        rp = mem.read_port()
+        m.d.comb += rp.addr.eq(addr)
+        m.d.sync += data.eq(rp.data)
+        return SimpleNamespace(addr=addr, data=data)
+    w, _ = mode
+    lsb = {18: 4, 9: 3}[w]  # DP16KD address pins: the word address starts at ADA4 (18-bit) / ADA3 (9-bit)
+    for j in range(-(-width // w)):
+        part = [(int(v) >> (j * w)) & ((1 << w) - 1) for v in init]
+        dout = Signal(18, name=f"{name}_do{j}")
+        ports = {f"i_ADA{i}": (addr[i - lsb] if lsb <= i < lsb + len(addr) else 0) for i in range(14)}
+        ports.update({f"i_ADB{i}": 0 for i in range(14)})
+        ports.update({f"i_DIA{i}": 0 for i in range(18)})
+        ports.update({f"i_DIB{i}": 0 for i in range(18)})
+        ports.update({f"o_DOA{i}": dout[i] for i in range(18)})
+        ports.update({f"i_CSA{i}": 0 for i in range(3)})
+        ports.update({f"i_CSB{i}": 0 for i in range(3)})
+        m.submodules[f"{name}_dp16kd{j}"] = Instance(
+            "DP16KD", p_DATA_WIDTH_A=w, p_DATA_WIDTH_B=w, p_REGMODE_A="OUTREG", p_REGMODE_B="NOREG",
+            p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_CSDECODE_A="0b000", p_CSDECODE_B="0b000",
+            p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL", p_GSR="DISABLED", **dp16kd_initvals(part, w),
+            i_CLKA=ClockSignal("sync"), i_CEA=1, i_OCEA=1, i_WEA=0, i_RSTA=0,
+            i_CLKB=0, i_CEB=0, i_OCEB=0, i_WEB=0, i_RSTB=0, **ports)
+        hi = min(width, (j + 1) * w)
+        m.d.comb += data[j * w:hi].eq(dout[:hi - j * w])
+    return SimpleNamespace(addr=addr, data=data)
 
 
 def rom(m: Module, name: str, width: int, init: list[int]) -> memory.ReadPort:
@@ -82,4 +167,5 @@ def lane(word, k: int, width: int):
     return word[k * width:(k + 1) * width]
 
 
-__all__ = ["Banks", "DeepRom", "lane", "ram", "rom"]
+__all__ = ["DP16KD_MODES", "Banks", "DeepRom", "dp16kd_initvals", "dp16kd_mode", "lane", "ram", "rom",
+           "rom_out_reg"]

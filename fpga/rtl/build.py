@@ -61,7 +61,7 @@ class BuildOptions:
     baud: int = 115200
     seed: int = 1
     pll: bool = True
-    dsp_regs: bool = True  # ECP5: product registers inside MULT18X18D
+    dsp_regs: bool = True  # ECP5: product registers inside MULT18X18D, gain ROM output registers in DP16KD
 
     def check(self) -> None:
         if (self.target, self.device) not in DEVICES:
@@ -189,10 +189,10 @@ MULT_UNITS = (("v_", "vector unit"), ("q_", "quantizer"), ("sc_", "output scale"
 
 def _owner(cell: str, kind: str) -> str:
     """Owner of a hard block from its netlist name (``uart.core.emb3.0.2`` -> ``emb``;
-    ``uart.core.v_t5_4_mult`` -> ``vector unit``)."""
+    ``uart.core.gain_slot3_dp16kd1`` -> ``gain_slot``; ``uart.core.v_t5_4_mult`` -> ``vector unit``)."""
     parts = [p for p in cell.split(".") if not p.isdigit()]
     leaf = parts[parts.index("core") + 1] if "core" in parts[:-1] else parts[-1]
-    name = re.split(r"_SB_|_TRELLIS|_mult\b|\$", leaf)[0] or cell
+    name = re.split(r"_SB_|_TRELLIS|_mult\b|_dp16kd|\$", leaf)[0] or cell
     if kind == "mult":
         return next((unit for pre, unit in MULT_UNITS if name.startswith(pre)), name)
     return re.sub(r"\d+$", "", name) or name

@@ -34,8 +34,9 @@ class Core(wiring.Component):
 
     Extra outputs for verification: ``cycles`` (cycles of the last token step) and ``error``
     (sticky: a scale was not ready when the first output row needed it; must stay 0).
-    ``dsp="ecp5"`` maps every product register onto an ECP5 ``MULT18X18D`` output register
-    (builds only; the simulator uses the behaviourally identical ``reg(a * b)``).
+    ``dsp="ecp5"`` maps every product register onto an ECP5 ``MULT18X18D`` output register and
+    the gain ROMs' second read stage onto the DP16KD output register (builds only; the simulator
+    uses the behaviourally identical registers in the fabric).
     """
 
     def __init__(self, prog: Program, dsp: str | None = None) -> None:
@@ -62,11 +63,15 @@ class Core(wiring.Component):
         cx.C = Banks(m, "c", 18, ch, K)
         cx.H = Banks(m, "h", 18, p.n_layers * cd, K)
         cx.XN = Banks(m, "xn", NORM_BITS, ch, K)
-        cx.GM = Banks(m, "gain", 48, p.extra["gain_words"], K, init=p.gmem, writable=False)
+        # The gain ROMs feed registers far away (multipliers, muxes): their data come two cycles
+        # after the address, the second stage being the ECP5 block RAM's own output register.
+        cx.GM = Banks(m, "gain", 48, p.extra["gain_words"], K, init=p.gmem, writable=False,
+                      out_reg=True, prims=self.dsp)
         # The matvec quantizer needs one 16-bit gain slot at a time: a slot-major copy of the gains
         # lets it read that slot straight from a block RAM into a register (no slot mux after the
         # RAM's output, which was the ECP5 critical path).
-        cx.GS = Banks(m, "gain_slot", 16, 3 * p.extra["gain_words"], K, writable=False,
+        cx.GS = Banks(m, "gain_slot", 16, 3 * p.extra["gain_words"], K, writable=False, out_reg=True,
+                      prims=self.dsp,
                       init=[[(w >> (16 * s)) & 0xFFFF for s in range(3) for w in bank] for bank in p.gmem])
         cx.xq_rd, cx.xq_wr = ram(m, "xq", XQ_BITS * K, ch)
         cx.emb = DeepRom(m, "emb", 8 * K, p.emb)

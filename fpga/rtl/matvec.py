@@ -6,10 +6,11 @@ Issue order: group ``g`` (rows ``g*R .. g*R+R-1``) then chunk ``c`` (inputs ``c*
 one weight word per cycle. Group 0 reads ``XN`` and the gains and quantizes (FORMATS §4.3):
 ``z = xn * gain``, ``z2 = sat18(round_shift(z, e-17))``, ``x_q = sat8(round_shift(z2 * RECIP, 26))``,
 storing ``x_q`` in ``XQ`` for later groups. Pipeline: M0 issue, M1 data, M2 registered beside the
-RAMs, M3 registered beside the multipliers, M4 product, M5 coarse shift (multiples of 8), M6 fine
-shift, M7-M8 round + saturate, M9 product, M10 ``x_q``, M11 ``x_q`` + weights registered, M12
-terms, then ``log2 K`` tree levels and the accumulator. (The two extra register stages keep the
-block-RAM clock-to-output and the long barrel shift in separate cycles: ECP5 Fmax margin.)
+RAMs (the gain slot: the ROM's output register), M3 registered beside the multipliers, M4 product,
+M5 coarse shift (multiples of 8), M6 fine shift, M7-M8 round + saturate, M9 product, M10 ``x_q``,
+M11 ``x_q`` + weights registered, M12 terms, then ``log2 K`` tree levels and the accumulator. (The two
+extra register stages keep the block-RAM clock-to-output and the long barrel shift in separate cycles:
+ECP5 Fmax margin.)
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ M1..M10: quantizer lanes (group 0)
     xn3 = [delay(m, cx.XN.data(k).as_signed(), 2, f"q_xn_{k}") for k in range(K)]
-    gs3 = [delay(m, cx.GS.data(k).as_signed(), 2, f"q_g_{k}") for k in range(K)]
+    gs3 = [delay(m, cx.GS.data(k).as_signed(), 1, f"q_g_{k}") for k in range(K)]  # GS: 2-cycle ROM
     z4 = [mul_reg(m, xn3[k], gs3[k], signed(32), f"q_z4_{k}", cx.dsp) for k in range(K)]
     u5 = [reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}") for k in range(K)]
     u6 = [reg(m, qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}") for k in range(K)]

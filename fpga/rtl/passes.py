@@ -67,8 +67,10 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ control
     iss = Signal()
-    # gain address gbase + c as its own counter: no adder between the register and the gain RAMs
-    ps.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch)), name="ps_g_addr")
+    # gain address gbase + c as its own counter (no adder between the register and the gain RAMs),
+    # one cycle ahead of the issue: the gain ROM answers two cycles after its address (core.GM),
+    # so its data meet X/T/F at V1
+    ps.g_addr = Signal(range(max(2, p.extra["gain_words"] + ch + 1)), name="ps_g_addr")
     for name in ("rst_x", "rst_t", "upd_x", "upd_t"):
         setattr(ps, name, Signal(name=f"ps_{name}"))
     with m.FSM(name="vec") as fsm:
@@ -81,7 +83,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
             m.next = "SETUP2"
         with m.State("SETUP2"):
             k = Mux(mx_zero, 0, bl - (NORM_BITS - 1))
-            m.d.sync += amt.eq(vs.amount(k))
+            m.d.sync += [amt.eq(vs.amount(k)), ps.g_addr.eq(ps.g_addr + 1)]
             m.d.comb += [ps.rst_x.eq(is_embed), ps.rst_t.eq(is_gain)]
             with m.If(is_norm):
                 m.d.sync += [S.eq(0), *[z.eq(0) for z in cx.zmax]]
