@@ -84,6 +84,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         with m.State("SETUP2"):
             k = Mux(mx_zero, 0, bl - (NORM_BITS - 1))
             m.d.sync += [amt.eq(vs.amount(k)), ps.g_addr.eq(ps.g_addr + 1)]
+            m.d.comb += [ps.rst_x.eq(is_embed), ps.rst_t.eq(is_gain)]
             with m.If(is_norm):
                 m.d.sync += [S.eq(0), *[z.eq(0) for z in cx.zmax]]
             m.next = "ISSUE"
@@ -187,13 +188,10 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     zmx = [tree(m, za7[b], vmax, f"v_zmax{b}")[0] for b in range(3)]
     assert lv == cx.lgK
 
-    # Running maxima: registered reset (one cycle after SETUP2) and update window (one cycle late:
-    # the trees output zeros outside a pass and their first output comes well after the first
-    # issue), so the FSM state is not on the compare / enable paths of the max registers.
-    setup2 = fsm.ongoing("SETUP2")
-    m.d.sync += [ps.rst_x.eq(setup2 & is_embed), ps.rst_t.eq(setup2 & is_gain),
-                 ps.upd_x.eq(active & is_embed), ps.upd_t.eq(active & is_gain)]
+    m.d.comb += [ps.upd_x.eq(active & is_embed), ps.upd_t.eq(active & is_gain)]
     ps.val_x, ps.val_t = amax, amax
+    # registered update window (one cycle late: the trees output zeros outside a pass, and the first
+    # tree output comes well after the first issue), so the FSM state is not on the compare paths
     norm_upd = reg(m, active & is_norm, name="v_norm_upd")
     with m.If(norm_upd):
         m.d.sync += S.eq(S + ssum)

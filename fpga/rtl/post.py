@@ -167,9 +167,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     cx.logit_v, cx.logit_j, cx.logit = v9 & is_head, c9["j"], c9["y"]
 
     # ------------------------------------------------------------ running maxima, completion
-    # resets one cycle after the start (registered: the sequencer's state stays off these paths)
-    pp.rst_x = reg(m, cx.mv_start & (kind == K_RES), name="post_rst_x")
-    pp.rst_t = reg(m, cx.mv_start & ((kind == K_G) | (kind == K_GLU)), name="post_rst_t")
+    pp.rst_x = cx.mv_start & (kind == K_RES)
+    pp.rst_t = cx.mv_start & ((kind == K_G) | (kind == K_GLU))
     pp.upd_t = reg(m, pp.we_t, name="p10_updt")
     pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
     pp.upd_x = reg(m, pp.we_x, name="p10_updx")
