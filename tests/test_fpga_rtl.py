@@ -10,6 +10,7 @@ import pytest
 import torch
 from matmulfree.fpga import fixed, intref
 from matmulfree.fpga.rtl import arith, program, schedule
+from matmulfree.fpga.rtl.banks import DP16KD_MODES
 from matmulfree.fpga.rtl.build import BuildError, BuildOptions, build
 from matmulfree.fpga.rtl.sim import check_against_reference, simulate
 
@@ -248,8 +249,8 @@ def test_owner_of_instantiated_block_rams():
     assert _owner("uart.core.gain0_dp16kd2", "bram") == "gain"
 
 
-@pytest.mark.parametrize("width,depth", [(18, 1024), (9, 2048)])
-def test_dp16kd_rom_matches_yosys_mapping(width, depth, tmp_path):
+@pytest.mark.parametrize("width,depth,lsb", DP16KD_MODES)
+def test_dp16kd_rom_matches_yosys_mapping(width, depth, lsb, tmp_path):
     """The hand-instantiated ECP5 ROM blocks (gain ROMs with OUTREG) hold the same INITVAL bits and
     use the same address pins as yosys' own mapping of an equal ROM (the simulator cannot run the
     DP16KD primitive, so this is how the instance path is checked)."""
@@ -278,11 +279,10 @@ def test_dp16kd_rom_matches_yosys_mapping(width, depth, tmp_path):
     run_tool("yosys", ["-q", "-p", "read_rtlil rom.il; synth_ecp5 -top top -json rom.json"], tmp_path, "yosys.log")
     top = json.loads((tmp_path / "rom.json").read_text())["modules"]["top"]
     (cell,) = [c for c in top["cells"].values() if c["type"] == "DP16KD"]
-    assert dp16kd_mode(depth) == (width, depth) and int(cell["parameters"]["DATA_WIDTH_A"], 2) == width
+    assert dp16kd_mode(depth) == (width, depth, lsb) and int(cell["parameters"]["DATA_WIDTH_A"], 2) == width
     mine = dp16kd_initvals(init, width)
     for i in range(64):
         assert int(cell["parameters"][f"INITVAL_{i:02X}"], 2) == mine[f"p_INITVAL_{i:02X}"].value, i
-    lsb = {18: 4, 9: 3}[width]
     pins = {tuple(v): k for k, v in cell["connections"].items() if k.startswith("ADA")}
     want = [f"ADA{lsb + i}" for i in range(depth.bit_length() - 1)]
     assert [pins.get((b,)) for b in top["ports"]["a"]["bits"]] == want

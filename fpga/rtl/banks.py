@@ -9,9 +9,10 @@ from types import SimpleNamespace
 from amaranth.hdl import Array, ClockSignal, Const, Instance, Module, Signal, unsigned
 from amaranth.lib import memory
 
-#: ECP5 DP16KD data widths with their depths (one 18-kbit block); only the modes whose
-#: ``INITVAL`` layout is checked against yosys' own mapping (tests/test_fpga_rtl.py).
-DP16KD_MODES = ((18, 1024), (9, 2048))
+#: ECP5 DP16KD modes ``(data width, depth, first word-address pin ADA<n>)`` of one 18-kbit block;
+#: only the modes whose ``INITVAL`` layout and pins are checked against yosys' own mapping
+#: (tests/test_fpga_rtl.py).
+DP16KD_MODES = ((18, 1024, 4), (9, 2048, 3))
 
 
 class Banks:
@@ -51,8 +52,8 @@ class Banks:
         return self.rd[k].data
 
 
-def dp16kd_mode(depth: int) -> tuple[int, int] | None:
-    """The widest DP16KD mode ``(width, depth)`` that holds ``depth`` words (None: too deep)."""
+def dp16kd_mode(depth: int) -> tuple[int, int, int] | None:
+    """The widest DP16KD mode (a :data:`DP16KD_MODES` entry) that holds ``depth`` words (None: too deep)."""
     return next((mode for mode in DP16KD_MODES if mode[1] >= depth), None)
 
 
@@ -83,12 +84,12 @@ def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
     ``prims="ecp5"``: DP16KD blocks side by side in 18- or 9-bit mode with ``REGMODE=OUTREG``
     (same behaviour); falls back to the first form when the ROM is deeper than 2048 words.
     """
+    if prims not in (None, "ecp5"):
+        raise ValueError(f"rom_out_reg: unknown primitives {prims!r}")
     depth = max(1, depth)
     addr = Signal(range(max(2, depth)), name=f"{name}_addr")
     data = Signal(width, name=f"{name}_q")
     mode = dp16kd_mode(depth) if prims == "ecp5" else None
-    if prims not in (None, "ecp5"):
-        raise ValueError(f"rom_out_reg: unknown primitives {prims!r}")
     if mode is None:
         mem = memory.Memory(shape=unsigned(width), depth=depth, init=init)
         m.submodules[name] = mem
@@ -96,8 +97,7 @@ def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
         m.d.comb += rp.addr.eq(addr)
         m.d.sync += data.eq(rp.data)
         return SimpleNamespace(addr=addr, data=data)
-    w, _ = mode
-    lsb = {18: 4, 9: 3}[w]  # DP16KD address pins: the word address starts at ADA4 (18-bit) / ADA3 (9-bit)
+    w, _, lsb = mode
     for j in range(-(-width // w)):
         part = [(int(v) >> (j * w)) & ((1 << w) - 1) for v in init]
         dout = Signal(18, name=f"{name}_do{j}")
