@@ -43,11 +43,6 @@ class Banks:
             self.rd.append(mem.read_port())
             self.wr.append(mem.write_port() if writable else None)
 
-    def read_all(self, m: Module, addr) -> None:
-        """Drive every bank's read address (combinational; data one cycle later)."""
-        for p in self.rd:
-            m.d.comb += p.addr.eq(addr)
-
     def data(self, k: int):
         return self.rd[k].data
 
