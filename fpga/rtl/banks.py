@@ -86,9 +86,7 @@ def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
     data = Signal(width, name=f"{name}_q")
     mode = dp16kd_mode(depth) if prims == "ecp5" else None
     if mode is None:
-        mem = memory.Memory(shape=unsigned(width), depth=depth, init=init)
-        m.submodules[name] = mem
-        rp = mem.read_port()
+        rp = rom(m, name, width, init, depth)
         m.d.comb += rp.addr.eq(addr)
         m.d.sync += data.eq(rp.data)
         return SimpleNamespace(addr=addr, data=data)
@@ -114,9 +112,9 @@ def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
     return SimpleNamespace(addr=addr, data=data)
 
 
-def rom(m: Module, name: str, width: int, init: list[int]) -> memory.ReadPort:
-    """A single-port ROM; returns its synchronous read port."""
-    mem = memory.Memory(shape=unsigned(width), depth=max(1, len(init)), init=init or [0])
+def rom(m: Module, name: str, width: int, init: list[int], depth: int | None = None) -> memory.ReadPort:
+    """A single-port ROM of ``depth`` words (default: ``len(init)``); returns its synchronous read port."""
+    mem = memory.Memory(shape=unsigned(width), depth=max(1, depth or len(init)), init=init or [0])
     m.submodules[name] = mem
     return mem.read_port()
 
