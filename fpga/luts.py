@@ -20,7 +20,7 @@ SIG_FRAC = 15
 
 
 def make_recip_table() -> np.ndarray:
-    """``RECIP[i] = round(127 * 2**20 / (1024 + i + 0.5))``, 1024 entries, in [65504, 129976]."""
+    """``RECIP[i] = round(127 * 2**20 / (1024 + i + 0.5))``, 1024 entries, in [65040, 129985]."""
     m = np.arange(1 << RECIP_BITS, dtype=np.float64) + (1 << RECIP_BITS) + 0.5
     return np.floor(127.0 * 2.0**RECIP_FRAC / m + 0.5).astype(np.int64)
 

@@ -4,6 +4,7 @@ the integer reference, the cycle model, the UART wrapper, the CLI and (slow) an 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,13 +143,51 @@ def test_sim_bit_exact_variants(kw, R, K, n):
     assert res.cycles_per_token == schedule.cycles_per_token(prog)
 
 
-def test_uart_protocol(tiny):
-    """The board wrapper: command byte + token in, token + logits out over 8N1 serial."""
+@pytest.mark.parametrize("kw,K", [
+    (dict(gate="released", forget_lower_bound=True, n_layers=2), 1),  # every post kind, lower bound
+    (dict(d_model=32, intermediate_size=64, vocab_size=50), 2),  # 16-chunk rows, two inputs per cycle
+])
+def test_compact_core_bit_exact(kw, K):
+    """The compact (iCE40) datapath: serial post unit, multipliers shared between units."""
+    P, ids = _params(_model(seed=3, **kw), seed=3)
+    prog = program.build_program(P, 1, K, compact=True)
+    assert all(o.period0 >= program.SERIAL_POST_CYCLES and o.period >= program.SERIAL_POST_CYCLES
+               for o in prog.ops if o.op == program.MV)
+    res = simulate(prog, [int(t) for t in ids[:2]], 3)
+    assert check_against_reference(res, P) == []
+    assert res.cycles_per_token == schedule.cycles_per_token(prog)
+
+
+def test_compact_core_multiplier_count(tiny):
+    """Multipliers in the generated RTL at one lane: the pipelined core has 13 (post unit 4, output scale
+    2, vector unit 5, quantizer 2), the compact core 4 (the UP5K has eight 16x16 blocks; an 18x18
+    product takes three): one shared by the output scale, the serial post unit and the vector unit's
+    slot-1 product; two shared by the vector unit and the quantizer; the vector unit's slot-2 product."""
+    from amaranth.back import rtlil
+    from matmulfree.fpga.rtl.core import Core
+
+    P, _ = tiny
+    n = {c: rtlil.convert(Core(program.build_program(P, 1, 1, compact=c)), name="core").count("cell $mul ")
+         for c in (True, False)}
+    assert n[False] - n[True] == 13 - 4
+    with pytest.raises(program.ProgramError, match="rows=1"):
+        program.build_program(P, 2, 2, compact=True)
+    from matmulfree.fpga.rtl.boot import boot_layout
+
+    with pytest.raises(program.ProgramError, match="16-bit words: lanes=8"):  # SPRAM words hold <= 8 weights
+        boot_layout(program.build_program(P, 1, 8, compact=True))
+
+
+@pytest.mark.parametrize("compact", [False, pytest.param(True, marks=pytest.mark.slow)])  # boot: ~700k cycles
+def test_uart_protocol(tiny, compact):
+    """The board wrapper: command byte + token in, token + logits out over 8N1 serial; a compact core
+    first takes its boot image (the SPRAM contents) over the same line."""
     from amaranth.sim import Simulator
+    from matmulfree.fpga.rtl.boot import boot_layout
     from matmulfree.fpga.rtl.uart import CMD_CLEAR, CMD_LOGITS, UartCore
 
     P, ids = tiny
-    prog = program.build_program(P, 4, 2)
+    prog = program.build_program(P, 1, 1, compact=True) if compact else program.build_program(P, 4, 2)
     div = 4
     dut = UartCore(prog, div)
     frames = [(CMD_CLEAR | CMD_LOGITS, int(ids[0])), (0, int(ids[1])), (CMD_LOGITS, int(ids[2]))]
@@ -170,6 +209,10 @@ def test_uart_protocol(tiny):
                 await ctx.tick().repeat(div)
             return v
 
+        if compact:
+            for w in boot_layout(prog).words:
+                await send(w & 0xFF)
+                await send(w >> 8)
         for cmd, tok in frames:
             await send(cmd)
             await send(tok)
@@ -207,6 +250,14 @@ def test_cli_export_no_build_and_sim(tmp_path, capsys):
     assert rc == 0
     assert "bit-exact" in capsys.readouterr().out
     assert main(["fpga", "sim", str(out), "--lanes", "6", "--inputs", "4"]) == 2  # CLIError: one line
+    # --target ice40 compiles the compact datapath; the export folder remembers it
+    out40 = tmp_path / "out40"
+    assert main(["export", str(tmp_path / "ckpt"), str(out40), "--target", "ice40", "--lanes", "1", "--no-build",
+                 "--sim-tokens", "2"]) == 0
+    assert json.loads((out40 / "rtl.json").read_text())["program"]["compact"]
+    capsys.readouterr()
+    assert main(["fpga", "sim", str(out40), "--tokens", "2"]) == 0
+    assert "(compact datapath)" in capsys.readouterr().out
 
 
 def test_build_rejects_designs_that_do_not_fit(tiny, tmp_path):
@@ -234,12 +285,23 @@ def test_fit_check_names_what_uses_the_hard_blocks(tmp_path):
     (tmp_path / "synth_stat.txt").write_text("     33   SB_RAM40_4K\n      9   SB_MAC16\n   4000   SB_LUT4\n")
     owners = hard_block_owners(tmp_path, "ice40")
     assert owners == {"bram": {"emb": 20, "lut_recip": 12, "logits": 1},
-                      "mult": {"vector unit": 6, "post unit": 1, "quantizer": 1, "output scale": 1}}
+                      "mult": {"vector unit": 6, "post unit": 1, "quantizer": 1, "output scale": 1}, "spram": {}}
     with pytest.raises(BuildError) as e:
         check_fit(tmp_path, BuildOptions(target="ice40", device="up5k", package="sg48", clock_mhz=12))
     msg = str(e.value)
     assert "SB_RAM40_4K 33 > 30 (emb 20, lut_recip 12, logits 1)" in msg
     assert "SB_MAC16 9 > 8 (vector unit 6" in msg and "SB_LUT4" not in msg.split("(synthesis")[0]
+
+
+def test_synthesis_with_driver_conflicts_is_refused():
+    """yosys resolves a net driven twice with a warning; the build stops and names the nets."""
+    from matmulfree.fpga.rtl.build import check_synth_log
+
+    log = "".join(f"Warning: Driver-driver conflict for \\uart.core.v_z6_{b}_0 [{i}] between cell $x.O and "
+                  "constant 1'0 in top: Resolved using constant.\n" for b in range(3) for i in range(2))
+    with pytest.raises(BuildError, match=r"conflicts on 3 nets \(uart.core.v_z6_0_0, uart.core.v_z6_1_0, "):
+        check_synth_log(log, Path("yosys.log"))
+    check_synth_log("Warning: something else\n", Path("yosys.log"))
 
 
 def test_owner_of_instantiated_block_rams():

@@ -137,7 +137,7 @@ def mul_reg(m: Module, a: Value, b: Value, shape, name: str, dsp: str | None = N
     ``MULT18X18D`` whose own output register is the product register (same cycle behaviour);
     this keeps the routing out of the multiplier's timing path.
     """
-    if dsp is None:
+    if dsp in (None, "ice40"):  # iCE40: yosys infers SB_MAC16 blocks
         return reg(m, a * b, shape, name=name)
     if dsp != "ecp5":
         raise ValueError(f"mul_reg: unknown dsp {dsp!r}")
@@ -160,6 +160,45 @@ def mul_reg(m: Module, a: Value, b: Value, shape, name: str, dsp: str | None = N
     out = Signal(shape, name=name)
     m.d.comb += out.eq(P.as_signed())
     return out
+
+
+class MuxedMul:
+    """One registered ``s<width> x s<width>`` multiplier (``width <= 18``) shared by units that use it at
+    disjoint times (compact cores): ``sel`` (stable while a side uses it) picks the side whose
+    operands feed it.
+
+    A side is used either combinationally, ``use(m, side, a, b, shape, name)`` (product one cycle after
+    the operands, like :func:`mul_reg`), or through held operand registers, ``load(m, side, cond, a, b)``
+    (loaded in cycles where ``cond`` holds; product two cycles after the load, valid until the next).
+    """
+
+    def __init__(self, m: Module, name: str, sel: Value, sides: int, dsp: str | None = None, width: int = 18) -> None:
+        self.a = [Signal(signed(width), name=f"{name}_a{i}") for i in range(sides)]
+        self.b = [Signal(signed(width), name=f"{name}_b{i}") for i in range(sides)]
+        a, b = self.a[0], self.b[0]
+        for i in range(1, sides):
+            a, b = Mux(sel == i, self.a[i], a), Mux(sel == i, self.b[i], b)
+        self.prod = mul_reg(m, a, b, signed(2 * width), f"{name}_p", dsp)
+
+    def use(self, m: Module, side: int, a: Value, b: Value, shape, name: str) -> Signal:
+        m.d.comb += [self.a[side].eq(a), self.b[side].eq(b)]
+        out = Signal(shape, name=name)
+        m.d.comb += out.eq(self.prod)
+        return out
+
+    def load(self, m: Module, side: int, cond: Value, a: Value, b: Value) -> Signal:
+        with m.If(cond):
+            m.d.sync += [self.a[side].eq(a), self.b[side].eq(b)]
+        return self.prod
+
+
+def product(m: Module, cx, a: Value, b: Value, shape, name: str, share: tuple[str, int, int] | None = None):
+    """Registered product ``a * b`` of a unit: its own multiplier (:func:`mul_reg`) or, in a compact core
+    that has it, side ``share[2]`` of the shared multiplier ``cx.muls[share[0]][share[1]]`` (name, lane)."""
+    if share is not None and cx.muls is not None and share[1] < len(cx.muls.get(share[0], [])):
+        key, k, side = share
+        return cx.muls[key][k].use(m, side, a, b, shape, name)
+    return mul_reg(m, a, b, shape, name, cx.dsp)
 
 
 def const_round_shift(x: Value, s: int) -> Value:
@@ -189,5 +228,6 @@ def delay(m: Module, value: Value, n: int, name: str = "dly") -> Value:
     return v
 
 
-__all__ = ["Const", "VarShift", "abs_", "bitlength", "clamp_int", "const_round_shift", "delay", "in_range", "mul_reg",
-           "reg", "round_sat", "round_sat2", "round_sat_finish", "saturate", "unsigned"]
+__all__ = ["Const", "MuxedMul", "VarShift", "abs_", "bitlength", "clamp_int", "const_round_shift",
+           "delay", "in_range", "mul_reg", "product", "reg", "round_sat", "round_sat2", "round_sat_finish", "saturate",
+           "unsigned"]

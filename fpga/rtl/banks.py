@@ -79,7 +79,7 @@ def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
     ``prims="ecp5"``: DP16KD blocks side by side in 18- or 9-bit mode with ``REGMODE=OUTREG``
     (same behaviour); falls back to the first form when the ROM is deeper than 2048 words.
     """
-    if prims not in (None, "ecp5"):
+    if prims not in (None, "ecp5", "ice40"):
         raise ValueError(f"rom_out_reg: unknown primitives {prims!r}")
     depth = max(1, depth)
     addr = Signal(range(max(2, depth)), name=f"{name}_addr")

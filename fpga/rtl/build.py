@@ -20,21 +20,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .program import Program
+from .program import Program, ProgramError
 
-#: Device capacities (LUT4, flip-flops, 18/4-kbit block RAMs, 18x18/16x16 multipliers).
+#: Device capacities (LUT4, flip-flops, 18/4-kbit block RAMs, 18x18/16x16 multipliers, iCE40UP SPRAMs).
 DEVICES: dict[tuple[str, str], dict[str, int]] = {
     ("ecp5", "25k"): {"lut4": 24288, "ff": 24288, "bram": 56, "mult": 28},
     ("ecp5", "45k"): {"lut4": 43848, "ff": 43848, "bram": 108, "mult": 72},
     ("ecp5", "85k"): {"lut4": 83640, "ff": 83640, "bram": 208, "mult": 156},
-    ("ice40", "up5k"): {"lut4": 5280, "ff": 5280, "bram": 30, "mult": 8},
+    ("ice40", "up5k"): {"lut4": 5280, "ff": 5280, "bram": 30, "mult": 8, "spram": 4},
 }
 #: Bits per block RAM (ECP5 DP16KD 18 kbit, iCE40 EBR 4 kbit).
 BRAM_BITS = {"ecp5": 18432, "ice40": 4096}
 #: nextpnr cell types of each resource class.
 CELLS = {
     "ecp5": {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "mult": "MULT18X18D"},
-    "ice40": {"lut4": "ICESTORM_LC", "ff": None, "bram": "ICESTORM_RAM", "mult": "ICESTORM_DSP"},
+    "ice40": {"lut4": "ICESTORM_LC", "ff": None, "bram": "ICESTORM_RAM", "mult": "ICESTORM_DSP",
+              "spram": "ICESTORM_SPRAM"},
 }
 #: Boards: constraints template and on-board oscillator.
 BOARDS = {
@@ -122,7 +123,8 @@ def write_rtl(prog: Program, out: Path, opts: BuildOptions, pll_ports, clk_mhz: 
     from .uart import BoardTop
 
     divisor = max(4, round(clk_mhz * 1e6 / opts.baud))
-    top = BoardTop(prog, divisor, pll_ports, "ecp5" if opts.target == "ecp5" and opts.dsp_regs else None)
+    prims = {"ecp5": "ecp5" if opts.dsp_regs else None, "ice40": "ice40"}[opts.target]
+    top = BoardTop(prog, divisor, pll_ports, prims)
     (out / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports()))
     reads = "read_verilog pll.v\n" if pll_ports else ""
     script = f"{reads}read_rtlil top.il\nhierarchy -top top\nproc -nomux -norom\nmemory_collect\n" \
@@ -135,7 +137,18 @@ def synthesize(out: Path, opts: BuildOptions, pll: bool) -> None:
     synth = "synth_ecp5 -abc9 -top top -json top.json" if opts.target == "ecp5" else \
         "synth_ice40 -abc9 -dsp -top top -json top.json"
     script = f"{reads}read_rtlil top.il\n{synth}\ntee -o synth_stat.txt stat\n"
-    run_tool("yosys", ["-"], out, "yosys.log", stdin=script)
+    text = run_tool("yosys", ["-"], out, "yosys.log", stdin=script)
+    check_synth_log(text, out / "yosys.log")
+
+
+def check_synth_log(text: str, log: Path) -> None:
+    """Raise :class:`BuildError` if yosys resolved a net driven twice (its netlist would no longer be the
+    simulated design); the message names the nets."""
+    nets = sorted({m.group(1) for m in re.finditer(r"Driver-driver conflict for \\?(\S+)", text)})
+    if nets:
+        raise BuildError(f"synthesis resolved driver-driver conflicts on {len(nets)} nets ({', '.join(nets[:4])}"
+                         f"{', ...' if len(nets) > 4 else ''}): the netlist differs from the simulated design "
+                         f"(log {log})")
 
 
 def place_route(out: Path, opts: BuildOptions) -> None:
@@ -171,7 +184,8 @@ def _fit_error(log: str, target: str) -> str | None:
 
 
 #: yosys cell names of the hard resources checked right after synthesis.
-STAT_CELLS = {"ecp5": {"bram": "DP16KD", "mult": "MULT18X18D"}, "ice40": {"bram": "SB_RAM40_4K", "mult": "SB_MAC16"}}
+STAT_CELLS = {"ecp5": {"bram": "DP16KD", "mult": "MULT18X18D"},
+              "ice40": {"bram": "SB_RAM40_4K", "mult": "SB_MAC16", "spram": "SB_SPRAM256KA"}}
 
 
 def synth_counts(out: Path) -> dict[str, int]:
@@ -184,7 +198,9 @@ def synth_counts(out: Path) -> dict[str, int]:
 
 
 #: Which part of the core a multiplier serves, from the prefix of its register's name.
-MULT_UNITS = (("v_", "vector unit"), ("q_", "quantizer"), ("sc_", "output scale"), ("p", "post unit"))
+MULT_UNITS = (("v_", "vector unit"), ("q_", "quantizer"), ("sc_", "output scale"),
+              ("shared_mul", "shared: post unit, scale, vector unit"), ("lane_mul", "shared: vector unit, quantizer"),
+              ("p", "post unit"))
 
 
 def _owner(cell: str, kind: str) -> str:
@@ -334,7 +350,15 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cap = DEVICES[(opts.target, opts.device)]
-    need = estimate_bram(prog, opts.target)
+    if prog.compact:  # weights, embedding and tables in the boot-loaded SPRAMs
+        from .boot import boot_layout
+
+        try:
+            words = boot_layout(prog).words
+        except ProgramError as e:
+            raise BuildError(f"design does not fit: {e}") from None
+        (out / "boot.bin").write_bytes(b"".join(int(w).to_bytes(2, "little") for w in words))
+    need = 0 if prog.compact else estimate_bram(prog, opts.target)
     if need > cap["bram"]:
         raise BuildError(f"design does not fit: weights + embedding need >= {need} block RAMs "
                          f"({len(prog.wmem) * 2 * prog.lanes + len(prog.emb) * 8 * prog.K} bits), "
@@ -360,6 +384,8 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
         raise BuildError(f"design does not fit {opts.target} {opts.device}: {fit}" if fit else str(e)) from None
     times["pnr"] = time.perf_counter() - t0 - sum(times.values())
     files = pack(out, opts)
+    if prog.compact:
+        files["boot_image"] = "boot.bin"
     times["pack"] = time.perf_counter() - t0 - sum(times.values())
     rep = parse_report(out, opts)
     fmax = rep["fmax_mhz"]

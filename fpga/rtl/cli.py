@@ -19,8 +19,8 @@ import numpy as np
 
 #: Per-target defaults (device, package, clock, lanes).
 TARGET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ecp5": {"device": "85k", "package": "CABGA381", "clock_mhz": 100.0, "lanes": 64},
-    "ice40": {"device": "up5k", "package": "sg48", "clock_mhz": 12.0, "lanes": 2},
+    "ecp5": {"device": "85k", "package": "CABGA381", "clock_mhz": 100.0, "lanes": 64, "compact": False},
+    "ice40": {"device": "up5k", "package": "sg48", "clock_mhz": 12.0, "lanes": 1, "compact": True},
 }
 DEFAULT_PROMPT = "ROMEO.\n"
 
@@ -48,7 +48,7 @@ def _add(group, *names: str, **kw) -> None:
 
 def _add_model_options(g) -> None:
     _add(g, "--lanes", type=int, default=None,
-         help="ternary weights consumed per cycle = rows x inputs (default 64 for ecp5, 2 for ice40)")
+         help="ternary weights consumed per cycle = rows x inputs (default 64 for ecp5, 1 for ice40)")
     _add(g, "--inputs", type=int, default=None,
          help="inputs per cycle K (adder-tree width, power of two; default min(8, lanes))")
     _add(g, "--calib-text", default=None,
@@ -107,12 +107,17 @@ def load_params(source: str | Path, calib_text: str | None = None) -> tuple[dict
         raise CLIError(str(e)) from None
 
 
-def _program(P: dict[str, Any], lanes: int, inputs: int | None):
+def _program(P: dict[str, Any], lanes: int, inputs: int | None, compact: bool = False):
     from .program import ProgramError, build_program
 
     R, K = lane_shape(lanes, inputs)
     try:
-        return build_program(P, R, K)
+        prog = build_program(P, R, K, compact=compact)
+        if compact:
+            from .boot import boot_layout
+
+            boot_layout(prog)  # the SPRAM memory plan must hold the model
+        return prog
     except ProgramError as e:
         raise _cli_error()(f"cannot map the model onto {R}x{K} lanes: {e}") from None
 
@@ -151,7 +156,7 @@ def run_export(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     P, _ = load_params(args.checkpoint, getattr(args, "calib_text", None))
     lanes = args.lanes or d["lanes"]
-    prog = _program(P, lanes, args.inputs)
+    prog = _program(P, lanes, args.inputs, compact=d["compact"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "params.npz", **export_params(P))
@@ -203,6 +208,9 @@ def register_fpga(sub) -> None:
     p.add_argument("--tokens", type=int, default=32, help="token steps to simulate (default 32)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text (bytes modulo the vocabulary)")
     _add_model_options(p)
+    p.add_argument("--compact", action="store_true",
+                   help="simulate the compact datapath of --target ice40 (serial post unit, one output row at a "
+                   "time); an export folder's own choice is the default")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     p.set_defaults(func=run_fpga_sim)
 
@@ -214,11 +222,11 @@ def run_fpga_sim(args: argparse.Namespace) -> int:
     P, meta = load_params(args.source, args.calib_text)
     lanes = args.lanes or meta.get("lanes") or TARGET_DEFAULTS["ecp5"]["lanes"]
     inputs = args.inputs or (meta.get("inputs") if not args.lanes else None)
-    prog = _program(P, lanes, inputs)
+    prog = _program(P, lanes, inputs, compact=args.compact or bool(meta.get("program", {}).get("compact")))
     info = run_sim(P, prog, args.tokens, args.prompt)
     ratio = info["cycles_per_token"] / info["cycles_per_token_lower_bound"]
     print(f"model d={prog.d} layers={prog.n_layers} vocab={prog.vocab}; lanes {prog.lanes} = {prog.R} rows x "
-          f"{prog.K} inputs")
+          f"{prog.K} inputs{' (compact datapath)' if prog.compact else ''}")
     print(f"simulated {info['tokens_simulated']} tokens in {info['sim_seconds']:.1f} s: "
           f"{'bit-exact' if info['bit_exact'] else 'MISMATCH'} against the integer reference")
     print(f"cycles per token {info['cycles_per_token']} (lower bound {info['cycles_per_token_lower_bound']}, "

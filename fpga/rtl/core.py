@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from . import matvec, passes, post
+from . import boot, matvec, passes, post, post_serial
+from .arith import MuxedMul
 from .banks import Banks, DeepRom, ram, rom
-from .program import DONE, MV, NORM_BITS, T_BITS, XQ_BITS, Program
+from .program import DONE, MV, NORM, NORM_BITS, T_BITS, XQ_BITS, Program
 
 
 class Core(wiring.Component):
@@ -36,7 +37,11 @@ class Core(wiring.Component):
     (sticky: a scale was not ready when the first output row needed it; must stay 0).
     ``dsp="ecp5"`` maps every product register onto an ECP5 ``MULT18X18D`` output register and
     the gain ROMs' second read stage onto the DP16KD output register (builds only; the simulator
-    uses the behaviourally identical registers in the fabric).
+    uses the behaviourally identical registers in the fabric); ``dsp="ice40"`` makes the boot-loaded
+    memories of a compact core ``SB_SPRAM256KA`` blocks (multipliers are left to yosys).
+
+    A compact core (``prog.compact``) also has ``boot_data``/``boot_valid`` in and ``booted`` out: it
+    takes the boot image of :mod:`.boot` one word per cycle before its first token.
     """
 
     def __init__(self, prog: Program, dsp: str | None = None) -> None:
@@ -47,6 +52,7 @@ class Core(wiring.Component):
             "tok_out": Out(tb), "tok_out_valid": Out(1),
             "logit": Out(signed(prog.fmt["logit_bits"])), "logit_index": Out(tb), "logit_valid": Out(1),
             "clear": In(1), "busy": Out(1), "cycles": Out(32), "error": Out(1),
+            **({"boot_data": In(16), "boot_valid": In(1), "booted": Out(1)} if prog.compact else {}),
         })
 
     def elaborate(self, platform) -> Module:
@@ -74,12 +80,13 @@ class Core(wiring.Component):
                       prims=self.dsp,
                       init=[[(w >> (16 * s)) & 0xFFFF for s in range(3) for w in bank] for bank in p.gmem])
         cx.xq_rd, cx.xq_wr = ram(m, "xq", XQ_BITS * K, ch)
-        cx.emb = DeepRom(m, "emb", 8 * K, p.emb)
-        cx.wmem = DeepRom(m, "weights", 2 * p.lanes, p.wmem)
-        cx.recip = rom(m, "lut_recip", 18, p.recip)
-        cx.rsqrt = rom(m, "lut_rsqrt", 18, p.rsqrt)
-        cx.sig = rom(m, "lut_sigmoid", 17, p.sigmoid)
-        cx.silu = rom(m, "lut_silu", 18, p.silu)
+        if not p.compact:  # (compact cores: boot-loaded SPRAMs, below)
+            cx.emb = DeepRom(m, "emb", 8 * K, p.emb)
+            cx.wmem = DeepRom(m, "weights", 2 * p.lanes, p.wmem)
+            cx.recip = rom(m, "lut_recip", 18, p.recip)
+            cx.rsqrt = rom(m, "lut_rsqrt", 18, p.rsqrt)
+            cx.sig = rom(m, "lut_sigmoid", 17, p.sigmoid)
+            cx.silu = rom(m, "lut_silu", 18, p.silu)
         cx.prom = rom(m, "layer_vectors", 32, p.prom) if p.prom else None
         fields = p.op_fields
         prog_rom = rom(m, "program", sum(w for _, w, _ in fields), p.rom_words())
@@ -95,6 +102,9 @@ class Core(wiring.Component):
             decode.append(s.eq(raw.as_signed() if sgn else raw))
             pos += width
         cur = cx.op["op"]
+        if p.compact:
+            boot.build(m, cx, self.dsp, self.boot_data, self.boot_valid, self.booted)
+        ready = self.booted if p.compact else 1  # a compact core takes tokens once its memories are loaded
 
         # ---------------------------------------------------------------- shared state
         cx.tok = Signal(p.tok_bits)
@@ -107,9 +117,25 @@ class Core(wiring.Component):
         cx.clear_active = Signal()
         cx.clear_addr = Signal(range(max(2, p.n_layers * cd)))
 
+        # compact cores share multipliers between units that run at different times (unit_sel: 0 vector
+        # unit EMBED/GAIN, 1 matvec, 2 vector unit NORM); sides listed per multiplier
+        cx.muls = None
+        if p.compact:
+            unit = Signal(2, name="unit_sel")
+            m.d.sync += unit.eq(Mux(cur == MV, 1, Mux(cur == NORM, 2, 0)))
+            in_mv = unit == 1
+            cx.muls = {
+                # 0: slot-1 product |x*g1| of lane 0 (vector unit); 1: output scale, serial post unit (held)
+                "shared": [MuxedMul(m, "shared_mul", in_mv, 2, self.dsp)],
+                # 0: T = x*gain (EMBED/GAIN); 1: quantizer z2*recip; 2: slot-0 product (NORM)
+                "wide": [MuxedMul(m, f"lane_mul_wide{k}", unit, 3, self.dsp) for k in range(K)],
+                # 0: x^2 (vector unit); 1: quantizer xn*gain
+                "narrow": [MuxedMul(m, f"lane_mul_narrow{k}", in_mv, 2, self.dsp, NORM_BITS) for k in range(K)],
+            }
+
         passes.build(m, cx)
         matvec.build(m, cx)
-        post.build(m, cx)
+        (post_serial if p.compact else post).build(m, cx)
         self._connect_ports(m, cx)
 
         # ---------------------------------------------------------------- sequencer
@@ -119,11 +145,11 @@ class Core(wiring.Component):
         clr = Signal(range(max(2, p.n_layers * cd + 1)))
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.comb += self.tok_in_ready.eq(1)
-                with m.If(self.clear):
+                m.d.comb += self.tok_in_ready.eq(ready)
+                with m.If(self.clear & ready):
                     m.d.sync += clr.eq(0)
                     m.next = "CLEAR"
-                with m.Elif(self.tok_in_valid):
+                with m.Elif(self.tok_in_valid & ready):
                     m.d.sync += [cx.tok.eq(self.tok_in), cx.tok_base.eq(self.tok_in * cd), pc.eq(0), cyc.eq(1)]
                     m.next = "FETCH"
             with m.State("CLEAR"):

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 
-from .arith import VarShift, bitlength, clamp_int, const_round_shift, delay, mul_reg, reg, round_sat2, saturate
+from .arith import VarShift, bitlength, clamp_int, const_round_shift, delay, mul_reg, product, reg, round_sat2, saturate
 from .banks import lane
 from .passes import tree
 from .program import K_GLU, MANT_BITS, XQ_BITS
@@ -94,11 +94,11 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # ------------------------------------------------------------ M1..M10: quantizer lanes (group 0)
     xn3 = [delay(m, cx.XN.data(k).as_signed(), 2, f"q_xn_{k}") for k in range(K)]
     gs3 = [delay(m, cx.GS.data(k).as_signed(), 1, f"q_g_{k}") for k in range(K)]  # GS: 2-cycle ROM
-    z4 = [mul_reg(m, xn3[k], gs3[k], signed(32), f"q_z4_{k}", cx.dsp) for k in range(K)]
+    z4 = [product(m, cx, xn3[k], gs3[k], signed(32), f"q_z4_{k}", ("narrow", k, 1)) for k in range(K)]
     u5 = [reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}") for k in range(K)]
     u6 = [reg(m, qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}") for k in range(K)]
     z28 = [round_sat2(m, u6[k], 18, f"q_z8_{k}") for k in range(K)]  # two stages: valid at M8
-    p9 = [mul_reg(m, z28[k], recip_q, signed(36), f"q_p9_{k}", cx.dsp) for k in range(K)]
+    p9 = [product(m, cx, z28[k], recip_q, signed(36), f"q_p9_{k}", ("wide", k, 1)) for k in range(K)]
     xq10 = [reg(m, saturate(const_round_shift(p9[k], 26), 8), signed(8), name=f"q_xq10_{k}") for k in range(K)]
 
     ctl = [Cat(iss, g0, first, last)]
@@ -188,8 +188,12 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         m.d.sync += cx.scale_ready.eq(0)
     with m.If(stage[0]):
         m.d.sync += [am2.eq(2 * m_sel + 1), a_e.eq(e_sel - 12)]
-    # products are computed every cycle from operands that are stable while they are used
-    pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
+    # products are computed every cycle from operands that are stable while they are used (a compact
+    # core loads its shared multiplier at stages 1 and 6 instead: same cycles, operands held)
+    if cx.muls is not None:
+        pr = cx.muls["shared"][0].load(m, 1, stage[1], am2, cx.r_m)[:30]  # valid at stages 3..6
+    else:
+        pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
     with m.If(stage[3]):
         m.d.sync += bp.eq(bitlength(pr))
     with m.If(stage[4]):
@@ -198,7 +202,10 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         mp = ps_.finish(up_)
         carry = mp[MANT_BITS]
         m.d.sync += [p_m.eq(Mux(pr == 0, 0, Mux(carry, mp >> 1, mp))), p_e.eq(Mux(pr == 0, 0, ep + carry))]
-    q = reg(m, mul_reg(m, p_m, op["k_m"], unsigned(35), "sc_q", cx.dsp), name="sc_q_r")  # valid at stage 8
+    if cx.muls is not None:
+        q = cx.muls["shared"][0].load(m, 1, stage[6], p_m, op["k_m"])[:35]  # valid from stage 8
+    else:
+        q = reg(m, mul_reg(m, p_m, op["k_m"], unsigned(35), "sc_q", cx.dsp), name="sc_q_r")  # valid at stage 8
     with m.If(stage[8]):
         m.d.sync += bq.eq(bitlength(q))
     with m.If(stage[9]):

@@ -23,60 +23,89 @@ from .arith import VarShift, abs_, const_round_shift, in_range, mul_reg, reg, ro
 from .program import K_C, K_F, K_G, K_GLU, K_HEAD, K_RES, T_BITS
 
 
-def build(m: Module, cx: SimpleNamespace) -> None:
-    p, K, fmt, op = cx.prog, cx.K, cx.fmt, cx.op
-    lgK = cx.lgK
-    pp = cx.pp = SimpleNamespace()
-    kind = op["kind"]
-    # kind flags registered once per op (stable from the cycle after the sequencer's start)
-    is_f, is_c, is_g, is_res, is_glu, is_head = (reg(m, kind == k, name=f"post_is{k}")
-                                                 for k in (K_F, K_C, K_G, K_RES, K_GLU, K_HEAD))
-    released, has_lb = bool(fmt["gate_released"]), bool(fmt["forget_lower_bound"])
-    act, resb, logb = fmt["act_bits"], fmt["res_bits"], fmt["logit_bits"]
-    lut_bits = fmt["lut_bits"]
-    half = 1 << (lut_bits - 1)
-    lut_sh = fmt["act_frac"] - fmt["lut_frac"]
+def flags(m: Module, cx: SimpleNamespace) -> SimpleNamespace:
+    """Kind flags of the current matvec (registered once per op, stable from the cycle after the
+    sequencer's start) and the format constants the post stages use."""
+    fmt, kind = cx.fmt, cx.op["kind"]
+    f = SimpleNamespace(**{n: reg(m, kind == k, name=f"post_is{k}")
+                           for n, k in (("f", K_F), ("c", K_C), ("g", K_G), ("res", K_RES), ("glu", K_GLU),
+                                        ("head", K_HEAD))})
+    f.released, f.has_lb = bool(fmt["gate_released"]), bool(fmt["forget_lower_bound"])
+    f.act, f.resb, f.logb = fmt["act_bits"], fmt["res_bits"], fmt["logit_bits"]
+    f.lut_bits = fmt["lut_bits"]
+    f.lut_sh = fmt["act_frac"] - fmt["lut_frac"]
+    return f
 
-    # ------------------------------------------------------------ P0
-    v0, acc0, j0, e0, up0 = cx.pv, cx.pacc, cx.pj, cx.pe, cx.pup
+
+def row_in(m: Module, cx: SimpleNamespace, is_head):
+    """P0: buffer/vector read addresses of the arriving row, argmax of the raw accumulators (head;
+    lowest index on ties). Returns ``acc_s``, the accumulator after the BitLinear's pre-shift."""
+    p, lgK, op, pp = cx.prog, cx.lgK, cx.op, cx.pp
+    e0, acc0 = cx.pe, cx.pacc
     pp.addr = Signal(range(max(2, p.chunks(p.d_in_max))))
     pp.h_addr = Signal(range(max(2, p.n_layers * p.chunks(p.d))))
     m.d.comb += [pp.addr.eq(e0 >> lgK), pp.h_addr.eq(op["hbase"] + (e0 >> lgK))]
     if cx.prom is not None:
         m.d.comb += cx.prom.addr.eq(op["pbase"] + e0)
-    bank0 = e0[:lgK] if lgK else Const(0, 1)
     if p.uses_acc_shift:
         sh = VarShift(p.acc_bits, 0, max(o.acc_shift for o in p.ops))
         accs = sh.finish(sh.shift(acc0, sh.amount(op["acc_shift"])))
     else:
         accs = acc0
-    # argmax over the raw accumulators (lowest index on ties)
     cx.best = Signal(signed(p.acc_bits))
     cx.best_j = Signal(p.tok_bits)
     best_any = Signal()
     with m.If(cx.mv_start):
         m.d.sync += best_any.eq(0)
-    with m.Elif(v0 & is_head & (~best_any | (acc0 > cx.best))):
-        m.d.sync += [cx.best.eq(acc0), cx.best_j.eq(j0), best_any.eq(1)]
+    with m.Elif(cx.pv & is_head & (~best_any | (acc0 > cx.best))):
+        m.d.sync += [cx.best.eq(acc0), cx.best_j.eq(cx.pj), best_any.eq(1)]
+    return accs
+
+
+def pick(cx: SimpleNamespace, banks, bank):
+    """Read data of the bank ``bank`` selects (a row's element lives in bank ``e % K``)."""
+    K = cx.K
+    return Array([banks.data(k) for k in range(K)])[bank] if K > 1 else banks.data(0)
+
+
+def table_index(f: SimpleNamespace, jj):
+    """σ/SiLU table address of the rounded input ``jj`` (clamped to the table), and the flags
+    ``(above, below)`` of an input past either end."""
+    half = 1 << (f.lut_bits - 1)
+    inr = in_range(jj, f.lut_bits)
+    idx = Mux(inr, jj[:f.lut_bits] ^ half, Mux(jj[-1], 0, (1 << f.lut_bits) - 1))
+    return idx, ~inr & ~jj[-1], ~inr & jj[-1]
+
+
+def build(m: Module, cx: SimpleNamespace) -> None:
+    lgK = cx.lgK
+    cx.pp = SimpleNamespace()
+    fl = flags(m, cx)
+    is_g, is_res, is_head = fl.g, fl.res, fl.head
+    released, has_lb = fl.released, fl.has_lb
+    act, resb, logb = fl.act, fl.resb, fl.logb
+    lut_sh = fl.lut_sh
+
+    # ------------------------------------------------------------ P0
+    v0, j0, e0, up0 = cx.pv, cx.pj, cx.pe, cx.pup
+    bank0 = e0[:lgK] if lgK else Const(0, 1)
+    accs = row_in(m, cx, is_head)
 
     # ------------------------------------------------------------ P1 (buffer data) -> P2 registers
     v1, j1, e1, up1 = (reg(m, x, name=f"p1_{n}") for x, n in ((v0, "v"), (j0, "j"), (e0, "e"), (up0, "up")))
     bank1 = reg(m, bank0, unsigned(max(1, lgK)), name="p1_bank")
     acc_s1 = reg(m, accs, signed(18), name="p1_accs")
 
-    def pick(banks):
-        return Array([banks.data(k) for k in range(K)])[bank1] if K > 1 else banks.data(0)
-
     with m.If(v1 & ~cx.scale_ready):
         m.d.sync += cx.error.eq(1)
     pd = cx.prom.data if cx.prom is not None else None
     c2 = {"v": v1, "j": j1, "e": e1, "up": up1, "accs": acc_s1}
     c2 = {n: reg(m, x, name=f"p2_{n}") for n, x in c2.items()}
-    xv2 = reg(m, pick(cx.X).as_signed(), signed(resb), name="p2_xv")
-    fv2 = reg(m, pick(cx.F).as_signed(), signed(18), name="p2_fv")
-    ifv2 = reg(m, 32768 - pick(cx.F).as_signed(), signed(18), name="p2_ifv")
-    cv2 = reg(m, pick(cx.C).as_signed(), signed(18), name="p2_cv")
-    hv2 = reg(m, pick(cx.H).as_signed(), signed(18), name="p2_hv")
+    xv2 = reg(m, pick(cx, cx.X, bank1).as_signed(), signed(resb), name="p2_xv")
+    fv2 = reg(m, pick(cx, cx.F, bank1).as_signed(), signed(18), name="p2_fv")
+    ifv2 = reg(m, 32768 - pick(cx, cx.F, bank1).as_signed(), signed(18), name="p2_ifv")
+    cv2 = reg(m, pick(cx, cx.C, bank1).as_signed(), signed(18), name="p2_cv")
+    hv2 = reg(m, pick(cx, cx.H, bank1).as_signed(), signed(18), name="p2_hv")
     mq2 = reg(m, Mux(is_g, pd[0:16].as_signed(), cx.q_m) if released else cx.q_m, signed(18), name="p2_mq")
     lb2 = reg(m, pd[16:32], unsigned(16), name="p2_lb") if has_lb else None
 
@@ -123,11 +152,10 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     late = dict(c5, y=y5, h=h5)
     late["xs"] = c5["xv"] + y5
     c6 = {n: reg(m, x, name=f"p6_{n}") for n, x in late.items()}
-    inr = in_range(jj6, lut_bits)
-    idx = Mux(inr, jj6[:lut_bits] ^ half, Mux(jj6[-1], 0, (1 << lut_bits) - 1))
+    idx, above, below = table_index(fl, jj6)
     m.d.comb += [cx.sig.addr.eq(idx), cx.silu.addr.eq(idx)]
-    hi7 = reg(m, ~inr & ~jj6[-1], name="p7_hi")
-    lo7 = reg(m, ~inr & jj6[-1], name="p7_lo")
+    hi7 = reg(m, above, name="p7_hi")
+    lo7 = reg(m, below, name="p7_lo")
     val7 = reg(m, val6, name="p7_val")
     c7 = {n: reg(m, x, name=f"p7_{n}") for n, x in c6.items()}
 
@@ -137,45 +165,61 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     c8 = {n: reg(m, x, name=f"p8_{n}") for n, x in c7.items()}
 
     # ------------------------------------------------------------ P9 operands, P10 product
-    if has_lb:
-        ma = Mux(is_f, 32768 - c8["lb"], Mux(is_g, c8["accs"], c8["cv"]))
-    else:
-        ma = Mux(is_g, c8["accs"], c8["cv"])
-    mb = Mux(is_glu, c8["accs"], sig8)
+    ma, mb = last_operands(fl, c8, sig8)
     ma9 = reg(m, ma, signed(18), name="p9_ma")
     mb9 = reg(m, mb, signed(18), name="p9_mb")
     c9 = {n: reg(m, x, name=f"p9_{n}") for n, x in dict(c8, sig=sig8, silu=silu8).items()}
     prod10 = mul_reg(m, ma9, mb9, signed(T_BITS), "p10_prod", cx.dsp)
     c10 = {n: reg(m, x, name=f"p10_{n}") for n, x in c9.items()}
     prod9, c9 = prod10, c10
-    v9, e9, up9 = c9["v"], c9["e"], c9["up"]
 
-    # ------------------------------------------------------------ writes (from P9 registers)
-    f_val = (c9["lb"] + const_round_shift(prod9, 15)) if has_lb else c9["sig"]
-    pp.waddr = e9 >> lgK
-    pp.wbank = e9[:lgK] if lgK else Const(0, 1)
+    # ------------------------------------------------------------ writes, maxima, completion
+    row_out(m, cx, fl, c9["v"], c9, prod9)
+
+
+def last_operands(f: SimpleNamespace, r: dict, sig):
+    """Operands of the third product: ``(32768 - lb) * sigma`` (forget lower bound), ``acc_s * sigma(h)``
+    (gate), ``acc_s * SiLU(gate)`` (GLU up rows), else ``C * sigma``. ``r`` holds ``accs``, ``cv``, ``lb``."""
+    if f.has_lb:
+        ma = Mux(f.f, 32768 - r["lb"], Mux(f.g, r["accs"], r["cv"]))
+    else:
+        ma = Mux(f.g, r["accs"], r["cv"])
+    return ma, Mux(f.glu, r["accs"], sig)
+
+
+def row_out(m: Module, cx: SimpleNamespace, f: SimpleNamespace, v, r: dict, prod) -> None:
+    """Buffer writes, logit output, running maxima and the completion count of one finished row.
+
+    ``v`` marks the cycle the row is written; ``r`` holds its ``e``, ``j``, ``up`` and results
+    (``gg`` first product, ``lb``, ``sig``, ``silu``, ``h``, ``xs``, ``y``); ``prod`` is the third product.
+    """
+    p, lgK, op, pp = cx.prog, cx.lgK, cx.op, cx.pp
+    e, up = r["e"], r["up"]
+    f_val = (r["lb"] + const_round_shift(prod, 15)) if f.has_lb else r["sig"]
+    pp.waddr = e >> lgK
+    pp.wbank = e[:lgK] if lgK else Const(0, 1)
     pp.h_waddr = Signal.like(pp.h_addr)
-    m.d.comb += pp.h_waddr.eq(op["hbase"] + (e9 >> lgK))
-    t_val = Mux(is_g, c9["gg"], prod9) if released else prod9
-    pp.we_f = v9 & (is_f | is_g) if released else v9 & is_f
-    pp.f_wd = Mux(is_f, f_val, c9["silu"]) if released else f_val
-    pp.we_c, pp.c_wd = v9 & (is_c | (is_glu & ~up9)), c9["silu"]
-    pp.we_h, pp.h_wd = v9 & is_g, c9["h"]
-    pp.we_t, pp.t_wd = v9 & (is_g | (is_glu & up9)), t_val
-    x_new = saturate(c9["xs"], resb)
-    pp.we_x, pp.x_wd = v9 & is_res, x_new
-    cx.logit_v, cx.logit_j, cx.logit = v9 & is_head, c9["j"], c9["y"]
+    m.d.comb += pp.h_waddr.eq(op["hbase"] + (e >> lgK))
+    t_val = Mux(f.g, r["gg"], prod) if f.released else prod
+    pp.we_f = v & (f.f | f.g) if f.released else v & f.f
+    pp.f_wd = Mux(f.f, f_val, r["silu"]) if f.released else f_val
+    pp.we_c, pp.c_wd = v & (f.c | (f.glu & ~up)), r["silu"]
+    pp.we_h, pp.h_wd = v & f.g, r["h"]
+    pp.we_t, pp.t_wd = v & (f.g | (f.glu & up)), t_val
+    x_new = saturate(r["xs"], f.resb)
+    pp.we_x, pp.x_wd = v & f.res, x_new
+    cx.logit_v, cx.logit_j, cx.logit = v & f.head, r["j"], r["y"]
 
-    # ------------------------------------------------------------ running maxima, completion
+    kind = op["kind"]
     pp.rst_x = cx.mv_start & (kind == K_RES)
     pp.rst_t = cx.mv_start & ((kind == K_G) | (kind == K_GLU))
     pp.upd_t = reg(m, pp.we_t, name="p10_updt")
     pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
     pp.upd_x = reg(m, pp.we_x, name="p10_updx")
-    pp.val_x = reg(m, abs_(x_new), unsigned(resb), name="p10_valx")
+    pp.val_x = reg(m, abs_(x_new), unsigned(f.resb), name="p10_valx")
     cnt = Signal(range(max(2, max(o.d_out for o in p.ops) + 1)))
     with m.If(cx.mv_start):
         m.d.sync += cnt.eq(0)
-    with m.Elif(v9):
+    with m.Elif(v):
         m.d.sync += cnt.eq(cnt + 1)
     m.d.comb += cx.post_all.eq(cnt == op["d_out"])

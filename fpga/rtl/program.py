@@ -36,6 +36,8 @@ KIND_NAMES = {K_F: "forget", K_C: "cand", K_G: "gate", K_RES: "residual", K_GLU:
 NORM_BITS, GAIN_BITS, T_BITS, XQ_BITS, MANT_BITS = 16, 16, 36, 8, 17
 #: Minimum cycles of the first row group (the XQ buffer is written by its quantizer lanes).
 MIN_PERIOD0 = 10
+#: Compact cores (serial post unit, :mod:`.post_serial`): minimum cycles between two output rows.
+SERIAL_POST_CYCLES = 14
 
 
 class ProgramError(ValueError):
@@ -100,6 +102,7 @@ class Program:
     silu: list[int]
     ternary_weights: int
     extra: dict[str, Any] = field(default_factory=dict)
+    compact: bool = False  # one output row per row group through the serial post unit (small FPGAs)
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -154,7 +157,8 @@ class Program:
     def summary(self) -> dict[str, Any]:
         return {"d": self.d, "layers": self.n_layers, "hidden": self.hid, "vocab": self.vocab,
                 "ternary_weights": self.ternary_weights, "rows": self.R, "inputs": self.K, "lanes": self.lanes,
-                "ops": len(self.ops), "weight_words": len(self.wmem), "weight_bits": len(self.wmem) * 2 * self.lanes}
+                "ops": len(self.ops), "weight_words": len(self.wmem), "weight_bits": len(self.wmem) * 2 * self.lanes,
+                "compact": self.compact}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -189,18 +193,22 @@ def pack_weights(w: np.ndarray, R: int, K: int) -> list[int]:
     return [sum(int(c) << s for c, s in zip(row, shifts) if c) for row in blocks]
 
 
-def _period(chunks: int, R: int, first: bool) -> int:
-    return max(chunks, R, MIN_PERIOD0 if first else 1)
+def _period(chunks: int, R: int, first: bool, compact: bool) -> int:
+    return max(chunks, R, MIN_PERIOD0 if first else 1, SERIAL_POST_CYCLES if compact else 1)
 
 
 # ---------------------------------------------------------------------- builder
-def build_program(P: dict[str, Any], rows: int, inputs: int) -> Program:
+def build_program(P: dict[str, Any], rows: int, inputs: int, compact: bool = False) -> Program:
     """Compile the integer model ``P`` into a :class:`Program` for ``rows x inputs`` lanes.
+
+    ``compact=True`` selects the small-FPGA datapath (serial post unit), which needs ``rows == 1``.
 
     Raises:
         ProgramError: unsupported format version, widths or lane shape (message names the field).
     """
     _check_lanes(rows, inputs)
+    if compact and rows != 1:
+        raise ProgramError(f"the compact datapath computes one output row at a time (rows=1), got rows={rows}")
     R, K = rows, inputs
     if P.get("format_version") != 1:
         raise ProgramError(f"parameter dict format_version={P.get('format_version')!r}; the RTL supports 1")
@@ -246,7 +254,8 @@ def build_program(P: dict[str, Any], rows: int, inputs: int) -> Program:
         n_weights += w.size
         ch = chunked(d_in)
         op = Op(MV, **ch, gbase=gb[key], slot=slot, wbase=len(wmem), groups=-(-d_out // R),
-                period0=_period(ch["chunks"], R, True), period=_period(ch["chunks"], R, False), d_out=d_out,
+                period0=_period(ch["chunks"], R, True, compact), period=_period(ch["chunks"], R, False, compact),
+                d_out=d_out,
                 kind=kind, hbase=layer * Cd, pbase=layer * d, k_m=int(P[key + ".k_m"]), k_e=int(P[key + ".k_e"]),
                 acc_shift=int(P[key + ".acc_shift"]), name=key)
         if not (1 << 16) <= op.k_m < (1 << 17):
@@ -322,7 +331,7 @@ def build_program(P: dict[str, Any], rows: int, inputs: int) -> Program:
         sigmoid=[_u(v, 17) for v in np.asarray(P["lut.sigmoid"])],
         silu=[_u(v, 18) for v in np.asarray(P["lut.silu"])],
         ternary_weights=n_weights,
-        extra={"gain_words": len(gmem[0]), "chunks_d": Cd, "chunks_h": Ch},
+        extra={"gain_words": len(gmem[0]), "chunks_d": Cd, "chunks_h": Ch}, compact=compact,
     )
     if len(prog.sigmoid) != 1 << lut_bits or len(prog.silu) != 1 << lut_bits:
         raise ProgramError(f"lut.sigmoid/lut.silu must have 2**lut_bits={1 << lut_bits} entries")

@@ -6,7 +6,8 @@ Per op, the sequencer spends 3 cycles (fetch, decode, start) plus the unit's run
 
 * vector pass: ``4 + chunks + pass_latency`` (+5 for NORM: leading-one, two-step shifts, rsqrt read);
 * matvec: ``3 + (G > 1) * (period0 + (G - 2) * period) + chunks + 20 + log2 K + rows of the last
-  group`` (start + reciprocal read, issue, quantizer/tree/accumulator pipeline, drain, post unit).
+  group`` (start + reciprocal read, issue, quantizer/tree/accumulator pipeline, drain, post unit),
+  plus one for the serial post unit of a compact core.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .program import DONE, MV, NORM, Program
 PASS_FIXED = 7
 #: Matvec cycles beyond issue and drain (start, reciprocal, pipeline, post, settle).
 MV_FIXED = 28
+#: Extra matvec cycles of a compact core: its serial post unit writes a row one cycle later.
+MV_SERIAL_POST = 1
 #: Sequencer cycles per op (fetch, decode, start).
 SEQ = 3
 #: Cycles between two accepted tokens beyond the ops (return to idle).
@@ -34,7 +37,8 @@ def op_cycles(prog: Program) -> list[tuple[str, int]]:
             G = o.groups
             n_last = o.d_out - (G - 1) * prog.R
             issue = (o.period0 + (G - 2) * o.period) if G > 1 else 0
-            out.append((o.name, SEQ + 3 + issue + o.chunks + MV_FIXED + lgK + n_last))
+            post = MV_SERIAL_POST if prog.compact else 0
+            out.append((o.name, SEQ + 3 + issue + o.chunks + MV_FIXED + post + lgK + n_last))
         else:
             run = 4 + o.chunks + PASS_FIXED + lgK + (5 if o.op == NORM else 0)
             out.append((o.name, SEQ + run))

@@ -61,6 +61,16 @@ def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = N
     out: dict[str, list] = {"inputs": [], "logits": [], "tokens": [], "cycles": [], "accept": []}
 
     async def bench(ctx):
+        if prog.compact:  # load the SPRAM images first, one word per cycle
+            from .boot import boot_layout
+
+            ctx.set(dut.boot_valid, 1)
+            for w in boot_layout(prog).words:
+                ctx.set(dut.boot_data, w)
+                await ctx.tick()
+            ctx.set(dut.boot_valid, 0)
+            if not ctx.get(dut.booted):
+                raise RuntimeError("compact core not booted after its boot image")
         cyc = 0
         nxt = int(prompt[0])
         for step in range(steps):

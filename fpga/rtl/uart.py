@@ -5,11 +5,14 @@ Protocol (host -> chip): one command byte, then the input token as ``tok_bytes``
 state first (start of a new sequence). Reply (chip -> host): the greedy next token
 (``tok_bytes`` bytes, little-endian) and, if asked, ``vocab`` logits of ``logit_bytes`` bytes each
 (little-endian two's complement, Q(logit_frac)). The LED shows ``busy``.
+
+A compact core (iCE40) first takes its boot image (``boot.bin`` of the export: the SPRAM contents
+as little-endian 16-bit words, :mod:`.boot`) after every reset or power-up; commands follow it.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -106,7 +109,16 @@ class UartCore(wiring.Component):
         nb = Signal(range(max(self.tok_bytes, self.logit_bytes) + 1))
         li = Signal(range(p.vocab + 1))
         lv = Signal(8 * self.logit_bytes)
-        with m.FSM():
+        with m.FSM(init="BOOT" if p.compact else "CMD"):
+            if p.compact:  # the SPRAM image, little-endian 16-bit words, before the first command
+                low = Signal(8)
+                half = Signal()
+                with m.State("BOOT"):
+                    with m.If(core.booted):
+                        m.next = "CMD"
+                    with m.Elif(urx.valid):
+                        m.d.sync += [low.eq(urx.data), half.eq(~half)]
+                        m.d.comb += [core.boot_data.eq(Cat(low, urx.data)), core.boot_valid.eq(half)]
             with m.State("CMD"):
                 with m.If(urx.valid):
                     m.d.sync += [cmd.eq(urx.data), nb.eq(0)]
