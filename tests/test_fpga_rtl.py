@@ -158,6 +158,41 @@ def test_compact_core_bit_exact(kw, K):
     assert res.cycles_per_token == schedule.cycles_per_token(prog)
 
 
+def test_compact_core_flags_rows_too_close(tiny):
+    """The serial post unit needs SERIAL_POST_CYCLES per row: with shorter row groups (8 cycles here)
+    the core raises its error flag (it would lose rows and never finish the matvec)."""
+    import dataclasses
+
+    from amaranth.sim import Simulator
+    from matmulfree.fpga.rtl.boot import boot_layout
+    from matmulfree.fpga.rtl.core import Core
+
+    P, ids = tiny
+    prog = program.build_program(P, 1, 2, compact=True)
+    ops = [dataclasses.replace(o, period0=max(o.chunks, program.MIN_PERIOD0), period=o.chunks)
+           if o.op == program.MV else o for o in prog.ops]
+    assert min(o.period for o in ops if o.op == program.MV) < program.SERIAL_POST_CYCLES
+    dut = Core(dataclasses.replace(prog, ops=ops))
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.boot_valid, 1)
+        for w in boot_layout(prog).words:
+            ctx.set(dut.boot_data, w)
+            await ctx.tick()
+        ctx.set(dut.boot_valid, 0)
+        ctx.set(dut.tok_in, int(ids[0]))
+        ctx.set(dut.tok_in_valid, 1)
+        await ctx.tick().repeat(2500)  # several matvecs in
+        seen["error"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["error"] == 1
+
+
 def test_compact_core_multiplier_count(tiny):
     """Multipliers in the generated RTL at one lane: the pipelined core has 13 (post unit 4, output scale
     2, vector unit 5, quantizer 2), the compact core 4 (the UP5K has eight 16x16 blocks; an 18x18
@@ -302,6 +337,17 @@ def test_synthesis_with_driver_conflicts_is_refused():
     with pytest.raises(BuildError, match=r"conflicts on 3 nets \(uart.core.v_z6_0_0, uart.core.v_z6_1_0, "):
         check_synth_log(log, Path("yosys.log"))
     check_synth_log("Warning: something else\n", Path("yosys.log"))
+
+
+def test_fit_error_after_packing():
+    """nextpnr's utilisation table names the resource that overflowed (iCE40 logic cells)."""
+    from matmulfree.fpga.rtl.build import _fit_error
+
+    log = ("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    6731/   5280   127%\n"
+           "Info: \t        ICESTORM_RAM:      19/     30    63%\n"
+           "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_LC'\n")
+    assert _fit_error(log, "ice40") == "ICESTORM_LC 6731 > 5280 after packing"
+    assert _fit_error("Info: nothing\n", "ice40") is None
 
 
 def test_owner_of_instantiated_block_rams():

@@ -6,6 +6,8 @@ Modules (one job each):
 * :mod:`.program` — static schedule (micro-program) and ROM images from the integer parameters;
 * :mod:`.arith`, :mod:`.banks` — rounding/saturation/shift blocks and banked memories;
 * :mod:`.passes`, :mod:`.matvec`, :mod:`.post` — vector unit, ternary matvec unit, post unit;
+* :mod:`.post_serial`, :mod:`.boot` — the compact core's (iCE40UP5K) serial post unit and its
+  boot-loaded SPRAM memories (tables, embedding, weights);
 * :mod:`.core` — the :class:`~.core.Core` (sequencer + units, stream interface);
 * :mod:`.uart` — 8N1 serial wrapper and board top (PLL blackbox from ecppll/icepll);
 * :mod:`.sim` — Amaranth simulation checked bit for bit against the integer reference;

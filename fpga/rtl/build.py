@@ -172,15 +172,24 @@ def pack(out: Path, opts: BuildOptions) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- reports
+def pnr_utilisation(log: str) -> dict[str, tuple[int, int]]:
+    """``{cell type: (used, available)}`` from nextpnr's "Device utilisation" table in its log."""
+    return {mm.group(1): (int(mm.group(2)), int(mm.group(3)))
+            for mm in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log, flags=re.M)}
+
+
 def _fit_error(log: str, target: str) -> str | None:
-    """The resource overflow that nextpnr reports, if any (e.g. ``DP16KD 240 > 208``)."""
+    """The resource overflow that nextpnr reports, if any (e.g. ``DP16KD 240 > 208``, or the packed
+    ``ICESTORM_LC 6731 > 5280`` of its utilisation table)."""
+    over = [f"{cell} {used} > {avail} after packing" for cell, (used, avail) in pnr_utilisation(log).items()
+            if used > avail]
     for ln in log.splitlines():
         mm = re.search(r"[Dd]esign uses (\d+) (\S+) .*?(?:has|only has|available:?)\D*(\d+)", ln)
         if mm:
             return f"{mm.group(2)}: {mm.group(1)} used > {mm.group(3)} available"
         if "Unable to place cell" in ln or "failed to place" in ln.lower():
-            return ln.strip()
-    return None
+            return "; ".join(over) if over else ln.strip()
+    return "; ".join(over) or None
 
 
 #: yosys cell names of the hard resources checked right after synthesis.
@@ -381,6 +390,11 @@ def build(prog: Program, out: str | Path, opts: BuildOptions, cycles_per_token: 
     except BuildError as e:
         log = (out / "pnr.log").read_text() if (out / "pnr.log").exists() else ""
         fit = _fit_error(log, opts.target)
+        if fit and opts.target == "ice40":
+            c = synth_counts(out)
+            fit += (f" (logic cells hold one LUT4 + one flip-flop: synthesis has SB_LUT4 {c.get('SB_LUT4', 0)}, "
+                    f"flip-flops {sum(v for k, v in c.items() if k.startswith('SB_DFF'))}, "
+                    f"SB_CARRY {c.get('SB_CARRY', 0)})")
         raise BuildError(f"design does not fit {opts.target} {opts.device}: {fit}" if fit else str(e)) from None
     times["pnr"] = time.perf_counter() - t0 - sum(times.values())
     files = pack(out, opts)
