@@ -192,6 +192,26 @@ class MuxedMul:
         return self.prod
 
 
+class SharedShift:
+    """One combinational :class:`VarShift` stage 1 (``x >>> (s-1)`` on the widened value) for units that
+    use it at disjoint times (compact cores): ``sel`` picks the user whose ``(x, amount)`` feed it;
+    ``use(m, i, x, amt)`` drives user ``i``'s request and returns the (unregistered) result."""
+
+    def __init__(self, m: Module, spec: VarShift, sel: Value, users: int) -> None:
+        self.spec = spec
+        self.x = [Signal(signed(spec.width), name=f"shift_x{i}") for i in range(users)]
+        self.amt = [Signal(spec.amt_bits, name=f"shift_amt{i}") for i in range(users)]
+        x, a = self.x[0], self.amt[0]
+        for i in range(1, users):
+            x, a = Mux(sel == i, self.x[i], x), Mux(sel == i, self.amt[i], a)
+        self.out = Signal(spec.mid_shape, name="shift_out")
+        m.d.comb += self.out.eq(spec.shift(x, a))
+
+    def use(self, m: Module, i: int, x: Value, amt: Value) -> Signal:
+        m.d.comb += [self.x[i].eq(x), self.amt[i].eq(amt)]
+        return self.out
+
+
 def product(m: Module, cx, a: Value, b: Value, shape, name: str, share: tuple[str, int, int] | None = None):
     """Registered product ``a * b`` of a unit: its own multiplier (:func:`mul_reg`) or, in a compact core
     that has it, side ``share[2]`` of the shared multiplier ``cx.muls[share[0]][share[1]]`` (name, lane)."""
@@ -228,6 +248,6 @@ def delay(m: Module, value: Value, n: int, name: str = "dly") -> Value:
     return v
 
 
-__all__ = ["Const", "MuxedMul", "VarShift", "abs_", "bitlength", "clamp_int", "const_round_shift",
+__all__ = ["Const", "MuxedMul", "SharedShift", "VarShift", "abs_", "bitlength", "clamp_int", "const_round_shift",
            "delay", "in_range", "mul_reg", "product", "reg", "round_sat", "round_sat2", "round_sat_finish", "saturate",
            "unsigned"]

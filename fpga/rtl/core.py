@@ -30,7 +30,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import boot, matvec, passes, post, post_serial
-from .arith import MuxedMul
+from .arith import MuxedMul, SharedShift, VarShift
 from .banks import Banks, DeepRom, ram, rom
 from .program import DONE, MV, NORM, NORM_BITS, T_BITS, XQ_BITS, Program
 
@@ -124,7 +124,7 @@ class Core(wiring.Component):
 
         # compact cores share multipliers between units that run at different times (unit_sel: 0 vector
         # unit EMBED/GAIN, 1 matvec, 2 vector unit NORM); sides listed per multiplier
-        cx.muls = None
+        cx.muls = cx.shifter = None
         if p.compact:
             unit = Signal(2, name="unit_sel")
             m.d.sync += unit.eq(Mux(cur == MV, 1, Mux(cur == NORM, 2, 0)))
@@ -137,6 +137,10 @@ class Core(wiring.Component):
                 # 0: x^2 (vector unit); 1: quantizer xn*gain
                 "narrow": [MuxedMul(m, f"lane_mul_narrow{k}", in_mv, 2, self.dsp, NORM_BITS) for k in range(K)],
             }
+            # one variable shifter for lane 0 of the vector unit (0) and the quantizer (1) and for the
+            # serial post unit's requantization (2, while cx.post_shift)
+            cx.post_shift = Signal(name="post_shift")
+            cx.shifter = SharedShift(m, VarShift(T_BITS, -32, 36), Mux(in_mv, Mux(cx.post_shift, 2, 1), 0), 3)
 
         passes.build(m, cx)
         matvec.build(m, cx)

@@ -38,7 +38,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     m_sel = Array(cx.m_b)[slot]
     e_sel = Array(cx.e_b)[slot]
     recip_q = Signal(unsigned(MANT_BITS))
-    qs = VarShift(32, -17, 14)
+    qs = cx.shifter.spec if cx.shifter else VarShift(32, -17, 14)  # compact: lane 0 on the shared shifter
     amt_q = Signal(qs.amt_bits)
 
     g = Signal(range(max(2, max(o.groups for o in p.ops) + 1)))
@@ -95,8 +95,11 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     xn3 = [delay(m, cx.XN.data(k).as_signed(), 2, f"q_xn_{k}") for k in range(K)]
     gs3 = [delay(m, cx.GS.data(k).as_signed(), 1, f"q_g_{k}") for k in range(K)]  # GS: 2-cycle ROM
     z4 = [product(m, cx, xn3[k], gs3[k], signed(32), f"q_z4_{k}", ("narrow", k, 1)) for k in range(K)]
-    u5 = [reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}") for k in range(K)]
-    u6 = [reg(m, qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}") for k in range(K)]
+    shared = [bool(cx.shifter) and k == 0 for k in range(K)]  # the whole shift at M5, none at M6
+    u5 = [reg(m, cx.shifter.use(m, 1, z4[k], amt_q) if shared[k] else qs.shift_coarse(z4[k], amt_q), qs.mid_shape,
+              name=f"q_u5_{k}") for k in range(K)]
+    u6 = [reg(m, u5[k] if shared[k] else qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}")
+          for k in range(K)]
     z28 = [round_sat2(m, u6[k], 18, f"q_z8_{k}") for k in range(K)]  # two stages: valid at M8
     p9 = [product(m, cx, z28[k], recip_q, signed(36), f"q_p9_{k}", ("wide", k, 1)) for k in range(K)]
     xq10 = [reg(m, saturate(const_round_shift(p9[k], 26), 8), signed(8), name=f"q_xq10_{k}") for k in range(K)]
@@ -170,7 +173,7 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
     op = cx.op
     ps_ = VarShift(30, -17, 13)
     qs_ = VarShift(35, -17, 18)
-    cx.rq = VarShift(35, -32, 36)
+    cx.rq = cx.shifter.spec if cx.shifter else VarShift(35, -32, 36)
     cx.q_m = Signal(unsigned(MANT_BITS))
     cx.amt_rq = Signal(cx.rq.amt_bits)
     cx.scale_ready = Signal()
@@ -194,10 +197,18 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         pr = cx.muls["shared"][0].load(m, 1, stage[1], am2, cx.r_m)[:30]  # valid at stages 3..6
     else:
         pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
+    if cx.muls is not None:
+        # both products come out of the shared multiplier (pr at stages 3-5, q from stage 8): one
+        # leading-one encoder and one normalizing shift serve both (ps_ and qs_ widen by the same lmax)
+        x = cx.muls["shared"][0].prod[:35]
+        lead_p = lead_q = bitlength(x)
+        norm_p = norm_q = qs_.shift(x, qs_.amount(Mux(stage[4], bp, bq) - MANT_BITS))
+    else:
+        lead_p, norm_p = bitlength(pr), ps_.shift(pr, ps_.amount(bp - MANT_BITS))
     with m.If(stage[3]):
-        m.d.sync += bp.eq(bitlength(pr))
+        m.d.sync += bp.eq(lead_p)
     with m.If(stage[4]):
-        m.d.sync += [ep.eq(bp - MANT_BITS), up_.eq(ps_.shift(pr, ps_.amount(bp - MANT_BITS)))]
+        m.d.sync += [ep.eq(bp - MANT_BITS), up_.eq(norm_p)]
     with m.If(stage[5]):
         mp = ps_.finish(up_)
         carry = mp[MANT_BITS]
@@ -206,10 +217,12 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         q = cx.muls["shared"][0].load(m, 1, stage[6], p_m, op["k_m"])[:35]  # valid from stage 8
     else:
         q = reg(m, mul_reg(m, p_m, op["k_m"], unsigned(35), "sc_q", cx.dsp), name="sc_q_r")  # valid at stage 8
+    if cx.muls is None:
+        lead_q, norm_q = bitlength(q), qs_.shift(q, qs_.amount(bq - MANT_BITS))
     with m.If(stage[8]):
-        m.d.sync += bq.eq(bitlength(q))
+        m.d.sync += bq.eq(lead_q)
     with m.If(stage[9]):
-        m.d.sync += [eq_.eq(bq - MANT_BITS), uq.eq(qs_.shift(q, qs_.amount(bq - MANT_BITS)))]
+        m.d.sync += [eq_.eq(bq - MANT_BITS), uq.eq(norm_q)]
     E = Signal(signed(8))  # -E clamped to [-32, 36]
     with m.If(stage[10]):
         mq = qs_.finish(uq)

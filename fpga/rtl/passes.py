@@ -56,7 +56,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     cx.r_m = Signal(unsigned(18))
     cx.r_e = Signal(signed(8))
 
-    vs = VarShift(T_BITS, -(NORM_BITS - 2), T_BITS - (NORM_BITS - 1))
+    # (a compact core's lane 0 uses the core's shared shifter, whose range covers this one)
+    vs = cx.shifter.spec if cx.shifter else VarShift(T_BITS, -(NORM_BITS - 2), T_BITS - (NORM_BITS - 1))
     amt = Signal(vs.amt_bits)
     bl = Signal(range(T_BITS + 1))
     mx_zero = Signal()
@@ -156,7 +157,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     x5 = [delay(m, x4[k], 2, f"v_x_{k}") for k in range(K)]
 
     # ------------------------------------------------------------ V3 shift, V4 round + sat16
-    u3 = [reg(m, vs.shift(src2[k], amt), vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
+    u3 = [reg(m, cx.shifter.use(m, 0, src2[k], amt) if cx.shifter and k == 0 else vs.shift(src2[k], amt),
+              vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
     op4 = [delay(m, op2[k], 3, f"v_op_{k}") for k in range(K)]
     g4 = [delay(m, g2[k], 3, f"v_g_{k}") for k in range(K)]
     xs4 = [round_sat2(m, u3[k], NORM_BITS, f"v_xs4_{k}") for k in range(K)]  # valid at V5
@@ -214,21 +216,15 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # FIN0: leading ones (S and each max|z_b|)
     with m.If(st["FIN0"] & is_norm):
         m.d.sync += [bS.eq(bitlength(S)), S_zero.eq(S == 0)]
-        for b in range(3):
-            m.d.sync += cx.e_b[b].eq(bitlength(cx.zmax[b]))
     # coarse (multiple of 8) then fine shifts, one state each
     sh_amt = Signal(8)
     s_mid = Signal(len(S) + 8)
-    z_mid = [Signal(32 + 11, name=f"zmid{b}") for b in range(3)]
     with m.If(st["FIN1"]):
         hv = (bS - 9) >> 1
         m.d.sync += [half.eq(hv), sh_amt.eq((hv * 2 + 8).as_unsigned()[:8])]
-        for b in range(3):
-            m.d.sync += z_mid[b].eq((cx.zmax[b] << 11) >> Cat(Const(0, 3), cx.e_b[b][3:]))
     with m.If(st["FIN2"]):
         m.d.sync += s_mid.eq((S << 8) >> Cat(Const(0, 3), sh_amt[3:]))
-        for b in range(3):
-            m.d.sync += cx.m_b[b].eq(Mux(cx.zmax[b] == 0, 1024, (z_mid[b] >> cx.e_b[b][:3])[:11]))
+    _slot_mantissas(m, cx, fsm, is_norm)
     with m.If(st["FIN3"]):
         ms = (s_mid >> sh_amt[:3])[:10]
         m.d.sync += rs_addr.eq(Mux(S_zero, 0, ms - 256))
@@ -236,3 +232,37 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     with m.If(st["FIN5"]):
         m.d.sync += [cx.r_m.eq(Mux(S_zero, 0, cx.rsqrt.data)), cx.r_e.eq(Mux(S_zero, 0, -21 - half))]
 
+
+def _slot_mantissas(m: Module, cx: SimpleNamespace, fsm, is_norm) -> None:
+    """NORM finish, per gain slot ``b``: ``e_b = bitlength(max|z_b|)`` (FIN0), the 11-bit mantissa
+    ``m_b`` of ``max|z_b|`` through a coarse (FIN1) and a fine (FIN2) shift (1024 when the max is 0).
+
+    A compact core runs the three slots through one encoder and one shifter, staggered by a state
+    (slot ``b``: leading one in FIN ``b``, coarse shift in FIN ``b+1``, fine shift in FIN ``b+2``)."""
+    zmax, e_b, m_b = cx.zmax, cx.e_b, cx.m_b
+    if cx.shifter is None:
+        z_mid = [Signal(32 + 11, name=f"zmid{b}") for b in range(3)]
+        with m.If(fsm.ongoing("FIN0") & is_norm):
+            m.d.sync += [e_b[b].eq(bitlength(zmax[b])) for b in range(3)]
+        with m.If(fsm.ongoing("FIN1")):
+            m.d.sync += [z_mid[b].eq((zmax[b] << 11) >> Cat(Const(0, 3), e_b[b][3:])) for b in range(3)]
+        with m.If(fsm.ongoing("FIN2")):
+            m.d.sync += [m_b[b].eq(Mux(zmax[b] == 0, 1024, (z_mid[b] >> e_b[b][:3])[:11])) for b in range(3)]
+        return
+    fin = [fsm.ongoing(f"FIN{i}") for i in range(5)]
+
+    def slot_in(vals, first):  # vals[b] while in FIN(first + b)
+        v = vals[2]
+        for b in (1, 0):
+            v = Mux(fin[first + b], vals[b], v)
+        return v
+
+    lead = bitlength(slot_in(zmax, 0))
+    z_mid = Signal(32 + 11, name="zmid")
+    e1, e2 = slot_in(e_b, 1), slot_in(e_b, 2)
+    m.d.sync += z_mid.eq((slot_in(zmax, 1) << 11) >> Cat(Const(0, 3), e1[3:]))
+    for b in range(3):
+        with m.If(fin[b] & is_norm):
+            m.d.sync += e_b[b].eq(lead)
+        with m.If(fin[b + 2]):
+            m.d.sync += m_b[b].eq(Mux(e2 == 0, 1024, (z_mid >> e2[:3])[:11]))

@@ -8,8 +8,9 @@ A row arrives at most every :data:`~.program.SERIAL_POST_CYCLES` cycles (one row
 (cycle 0: buffer reads, argmax):
 
 1. buffer data; multiply ``acc_s * q_m`` (or ``acc_s * gn``)
-2. multiply ``f * h``            3. multiply ``(32768 - f) * c``; coarse requant shift of the first product
-4. fine shift                    5. recurrence sum ``f*h + (32768-f)*c``; range tests
+2. multiply ``f * h``            3. multiply ``(32768 - f) * c``; requant shift of the first product
+                                    (the core's shared shifter, whole shift in one step)
+4. ``f * h`` registered          5. recurrence sum ``f*h + (32768-f)*c``; range tests
 6. round + saturate ``y``        7. new state ``h``; residual sum
 8. table input                   9. table index      10. table data
 11. third product operands      13. third product; buffer writes, logit out
@@ -86,8 +87,9 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ requant of the first product, recurrence
     u = Signal(cx.rq.mid_shape, name="ps_u")
-    at(3, u.eq(cx.rq.shift_coarse(prod, cx.amt_rq)), r["gg"].eq(prod))
-    at(4, u.eq(cx.rq.shift_fine(u, cx.amt_rq)), r["ma"].eq(prod))
+    m.d.comb += cx.post_shift.eq(st == 3)  # the core's shared shifter: the whole shift in step 3
+    at(3, u.eq(cx.shifter.use(m, 2, prod, cx.amt_rq)), r["gg"].eq(prod))
+    at(4, r["ma"].eq(prod))
     a = u[1:].as_signed()
     fits = {w: Signal(name=f"ps_fits{w}") for w in sorted({act, resb, logb})}
     low, u0, neg = Signal(signed(y_bits), name="ps_low"), Signal(name="ps_u0"), Signal(name="ps_neg")
