@@ -7,7 +7,8 @@ Layout (one read user at a time per SPRAM):
 
 * ``tables``: reciprocal (``RECIP - RECIP_OFFSET``), rsqrt (``RSQRT - RSQRT_OFFSET``), embedding
   (``K`` lanes of s8) — read by the matvec start, the NORM finish and the EMBED pass;
-* ``sigmoid`` (u16, 0..32768) and ``silu`` (s16) — both read by the post unit in the same cycle;
+* ``sigmoid`` (u16, 0..32768) and ``silu`` (``SILU - relu(input)``, s16) — both read by the post unit
+  in the same cycle;
 * ``weights``: one packed weight word (``2 * lanes`` bits) per address.
 
 The boot image is the four images concatenated in that order, one 16-bit word per beat. Reads keep
@@ -100,8 +101,9 @@ def boot_layout(prog: Program) -> BootLayout:
 
 def spram(m: Module, name: str, depth: int, prims: str | None) -> SimpleNamespace:
     """One single-port 16-bit RAM: ``addr``, ``wdata``, ``we`` in, ``data`` out one cycle after a read
-    (held during writes). ``prims="ice40"`` instantiates ``SB_SPRAM256KA``; otherwise an Amaranth
-    memory of ``depth`` words with the same behaviour."""
+    (held during writes). ``prims="ice40"`` instantiates ``SB_SPRAM256KA`` (builds only: the simulator
+    cannot run it); otherwise an Amaranth memory of ``depth`` words with the behaviour of yosys'
+    model of that block (synchronous read while ``WREN`` is low, output unchanged during a write)."""
     r = SimpleNamespace(addr=Signal(14, name=f"{name}_addr"), wdata=Signal(16, name=f"{name}_wdata"),
                         we=Signal(name=f"{name}_we"), data=Signal(16, name=f"{name}_q"))
     if prims == "ice40":
