@@ -191,20 +191,22 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         m.d.sync += cx.scale_ready.eq(0)
     with m.If(stage[0]):
         m.d.sync += [am2.eq(2 * m_sel + 1), a_e.eq(e_sel - 12)]
-    # products are computed every cycle from operands that are stable while they are used (a compact
-    # core loads its shared multiplier at stages 1 and 6 instead: same cycles, operands held)
     if cx.muls is not None:
-        pr = cx.muls["shared"][0].load(m, 1, stage[1], am2, cx.r_m)[:30]  # valid at stages 3..6
-    else:
-        pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
-    if cx.muls is not None:
-        # both products come out of the shared multiplier (pr at stages 3-5, q from stage 8): one
-        # leading-one encoder and one normalizing shift serve both (ps_ and qs_ widen by the same lmax)
-        x = cx.muls["shared"][0].prod[:35]
+        # compact core: both products come out of the shared multiplier (operands loaded at stages 1 and
+        # 6 and held: pr valid at stages 3-5, q from stage 8), so one leading-one encoder and one
+        # normalizing shift serve both (ps_ and qs_ widen by the same lmax)
+        mul = cx.muls["shared"][0]
+        pr = mul.load(m, 1, stage[1], am2, cx.r_m)[:30]
+        q = mul.load(m, 1, stage[6], p_m, op["k_m"])[:35]
+        x = mul.prod[:35]
         lead_p = lead_q = bitlength(x)
         norm_p = norm_q = qs_.shift(x, qs_.amount(Mux(stage[4], bp, bq) - MANT_BITS))
     else:
+        # products computed every cycle from operands that are stable while they are used
+        pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
+        q = reg(m, mul_reg(m, p_m, op["k_m"], unsigned(35), "sc_q", cx.dsp), name="sc_q_r")  # valid at stage 8
         lead_p, norm_p = bitlength(pr), ps_.shift(pr, ps_.amount(bp - MANT_BITS))
+        lead_q, norm_q = bitlength(q), qs_.shift(q, qs_.amount(bq - MANT_BITS))
     with m.If(stage[3]):
         m.d.sync += bp.eq(lead_p)
     with m.If(stage[4]):
@@ -213,12 +215,6 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         mp = ps_.finish(up_)
         carry = mp[MANT_BITS]
         m.d.sync += [p_m.eq(Mux(pr == 0, 0, Mux(carry, mp >> 1, mp))), p_e.eq(Mux(pr == 0, 0, ep + carry))]
-    if cx.muls is not None:
-        q = cx.muls["shared"][0].load(m, 1, stage[6], p_m, op["k_m"])[:35]  # valid from stage 8
-    else:
-        q = reg(m, mul_reg(m, p_m, op["k_m"], unsigned(35), "sc_q", cx.dsp), name="sc_q_r")  # valid at stage 8
-    if cx.muls is None:
-        lead_q, norm_q = bitlength(q), qs_.shift(q, qs_.amount(bq - MANT_BITS))
     with m.If(stage[8]):
         m.d.sync += bq.eq(lead_q)
     with m.If(stage[9]):

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 
-from .arith import VarShift, abs_, bitlength, delay, product, reg, round_sat2
+from .arith import VarShift, abs_, bitlength, delay, mul_reg, product, reg, round_sat2
 from .banks import lane
 from .program import EMBED, GAIN, NORM, NORM_BITS, T_BITS
 
@@ -168,9 +168,16 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     t5 = [product(m, cx, xs4[k], op4[k], signed(T_BITS), f"v_t5_{k}", ("wide", k, 0)) for k in range(K)]
     sq5 = [product(m, cx, xs4[k], xs4[k], unsigned(2 * NORM_BITS - 1), f"v_sq5_{k}", ("narrow", k, 0))
            for k in range(K)]
-    z_share = (("wide", 2), ("shared", 0), (None, 0))  # compact cores: slot b's multiplier (lane 0 for "shared")
-    z5 = [[product(m, cx, xs4[k], lane(g4[k], b, 16).as_signed(), signed(32), f"v_z5_{b}_{k}",
-                   (z_share[b][0], k, z_share[b][1]) if z_share[b][0] else None) for k in range(K)] for b in range(3)]
+    if p.compact:
+        # |x * g_b| as |x| * |g_b| (both <= 2**15: 16-bit unsigned) on multipliers shared with other units
+        z_share = (("wide", 2), ("shared", 0), (None, 0))  # slot b's multiplier (lane 0 only for "shared")
+        ax = [abs_(xs4[k])[:16] for k in range(K)]
+        z5 = [[product(m, cx, ax[k], abs_(lane(g4[k], b, 16).as_signed())[:16], unsigned(32), f"v_z5_{b}_{k}",
+                       (z_share[b][0], k, z_share[b][1]) if z_share[b][0] else None) for k in range(K)]
+              for b in range(3)]
+    else:
+        z5 = [[mul_reg(m, xs4[k], lane(g4[k], b, 16).as_signed(), signed(32), f"v_z5_{b}_{k}", cx.dsp)
+               for k in range(K)] for b in range(3)]
     ps.waddr = chunk(6)
     ps.wd = [Mux(is_embed, x5[k], t5[k]) for k in range(K)]
     ps.we_x, ps.we_t = valid(6) & is_embed, valid(6) & is_gain
@@ -180,17 +187,22 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # the routing between them did not fit one 10 ns cycle)
     w6 = [reg(m, Mux(is_embed, x5[k], t5[k]), signed(T_BITS), name=f"v_w6_{k}") for k in range(K)]
     sq6 = [reg(m, sq5[k], name=f"v_sq6_{k}") for k in range(K)]
-    # |z| before the second register when yosys infers the multipliers: with two plain registers after
-    # the slot products, its iCE40 DSP packing (0.70) left their outputs driven twice
-    z6 = [[reg(m, abs_(z5[b][k]) if cx.dsp != "ecp5" else z5[b][k], name=f"v_z6_{b}_{k}") for k in range(K)]
-          for b in range(3)]
     a7 = [reg(m, Mux(mask(7, k), abs_(w6[k]), 0), unsigned(T_BITS), name=f"v_a7_{k}") for k in range(K)]
     s7 = [reg(m, Mux(mask(7, k), sq6[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s7_{k}") for k in range(K)]
+    slots = [(b, k) for b in range(3) for k in range(K)]
     # one registered enable per (slot, lane): each drives 32 clears, not all 3 x 32 + 67 of mask(7, k)
-    zen7 = [[reg(m, mask(6, k) & (b < op["fanout"]), name=f"v_zen7_{b}_{k}") for k in range(K)] for b in range(3)]
-    za7 = [[reg(m, Mux(zen7[b][k], z6[b][k] if cx.dsp != "ecp5" else abs_(z6[b][k]), 0), unsigned(32),
-                name=f"v_za7_{b}_{k}")
-            for k in range(K)] for b in range(3)]
+    zi = 6 if p.compact else 7  # the stage the enable is valid at
+    zen = {(b, k): reg(m, mask(zi - 1, k) & (b < op["fanout"]), name=f"v_zen{zi}_{b}_{k}") for b, k in slots}
+    if p.compact:
+        # the slot products are non-negative already; masked a stage earlier (two plain registers after
+        # them made yosys' iCE40 DSP packing (0.70) leave their outputs driven twice)
+        z6 = {(b, k): reg(m, Mux(zen[b, k], z5[b][k], 0), name=f"v_z6_{b}_{k}") for b, k in slots}
+        za = {(b, k): reg(m, z6[b, k], unsigned(32), name=f"v_za7_{b}_{k}") for b, k in slots}
+    else:
+        z6 = {(b, k): reg(m, z5[b][k], name=f"v_z6_{b}_{k}") for b, k in slots}
+        za = {(b, k): reg(m, Mux(zen[b, k], abs_(z6[b, k]), 0), unsigned(32), name=f"v_za7_{b}_{k}")
+              for b, k in slots}
+    za7 = [[za[b, k] for k in range(K)] for b in range(3)]
     amax, lv = tree(m, a7, vmax, "v_amax")
     ssum, _ = tree(m, s7, lambda a, b: a + b, "v_ssum")
     zmx = [tree(m, za7[b], vmax, f"v_zmax{b}")[0] for b in range(3)]
