@@ -164,8 +164,8 @@ def test_compact_core_flags_rows_too_close(tiny):
     import dataclasses
 
     from amaranth.sim import Simulator
-    from matmulfree.fpga.rtl.boot import boot_layout
     from matmulfree.fpga.rtl.core import Core
+    from matmulfree.fpga.rtl.sim import load_boot_image
 
     P, ids = tiny
     prog = program.build_program(P, 1, 2, compact=True)
@@ -176,11 +176,7 @@ def test_compact_core_flags_rows_too_close(tiny):
     seen = {}
 
     async def bench(ctx):
-        ctx.set(dut.boot_valid, 1)
-        for w in boot_layout(prog).words:
-            ctx.set(dut.boot_data, w)
-            await ctx.tick()
-        ctx.set(dut.boot_valid, 0)
+        await load_boot_image(ctx, dut, prog)
         ctx.set(dut.tok_in, int(ids[0]))
         ctx.set(dut.tok_in_valid, 1)
         await ctx.tick().repeat(2500)  # several matvecs in

@@ -45,6 +45,19 @@ class SimResult:
                 "mismatches": len(self.mismatches)}
 
 
+async def load_boot_image(ctx, dut: Core, prog: Program) -> None:
+    """Testbench step: feed a compact core its boot image (:mod:`.boot`), one word per cycle."""
+    from .boot import boot_layout
+
+    ctx.set(dut.boot_valid, 1)
+    for w in boot_layout(prog).words:
+        ctx.set(dut.boot_data, w)
+        await ctx.tick()
+    ctx.set(dut.boot_valid, 0)
+    if not ctx.get(dut.booted):
+        raise RuntimeError("compact core not booted after its boot image")
+
+
 def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = None) -> SimResult:
     """Run ``len(prompt) + n_new - 1`` token steps: the prompt, then greedy feedback.
 
@@ -61,16 +74,8 @@ def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = N
     out: dict[str, list] = {"inputs": [], "logits": [], "tokens": [], "cycles": [], "accept": []}
 
     async def bench(ctx):
-        if prog.compact:  # load the SPRAM images first, one word per cycle
-            from .boot import boot_layout
-
-            ctx.set(dut.boot_valid, 1)
-            for w in boot_layout(prog).words:
-                ctx.set(dut.boot_data, w)
-                await ctx.tick()
-            ctx.set(dut.boot_valid, 0)
-            if not ctx.get(dut.booted):
-                raise RuntimeError("compact core not booted after its boot image")
+        if prog.compact:
+            await load_boot_image(ctx, dut, prog)
         cyc = 0
         nxt = int(prompt[0])
         for step in range(steps):
@@ -134,4 +139,4 @@ def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
     return errs
 
 
-__all__ = ["SimResult", "check_against_reference", "simulate"]
+__all__ = ["SimResult", "check_against_reference", "load_boot_image", "simulate"]
