@@ -193,9 +193,10 @@ class MuxedMul:
 
 
 class SharedShift:
-    """One combinational :class:`VarShift` stage 1 (``x >>> (s-1)`` on the widened value) for units that
+    """One registered :class:`VarShift` stage 1 (``x >>> (s-1)`` on the widened value) for units that
     use it at disjoint times (compact cores): ``sel`` picks the user whose ``(x, amount)`` feed it;
-    ``use(m, i, x, amt)`` drives user ``i``'s request and returns the (unregistered) result."""
+    ``use(m, i, x, amt)`` drives user ``i``'s request and returns the result register (valid the cycle
+    after the request, until the next one)."""
 
     def __init__(self, m: Module, spec: VarShift, sel: Value, users: int) -> None:
         self.spec = spec
@@ -205,7 +206,7 @@ class SharedShift:
         for i in range(1, users):
             x, a = Mux(sel == i, self.x[i], x), Mux(sel == i, self.amt[i], a)
         self.out = Signal(spec.mid_shape, name="shift_out")
-        m.d.comb += self.out.eq(spec.shift(x, a))
+        m.d.sync += self.out.eq(spec.shift(x, a))
 
     def use(self, m: Module, i: int, x: Value, amt: Value) -> Signal:
         m.d.comb += [self.x[i].eq(x), self.amt[i].eq(amt)]

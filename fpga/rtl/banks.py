@@ -6,13 +6,28 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, ClockSignal, Const, Instance, Module, Signal, unsigned
+from amaranth.hdl import Array, ClockSignal, Const, Instance, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import memory
 
 #: ECP5 DP16KD modes ``(data width, depth, first word-address pin ADA<n>)`` of one 18-kbit block;
 #: only the modes whose ``INITVAL`` layout and pins are checked against yosys' own mapping
 #: (tests/test_fpga_rtl.py).
 DP16KD_MODES = ((18, 1024, 4), (9, 2048, 3))
+
+#: Simulation hook: when True, a RAM read of the address written in the same cycle returns the inverse
+#: of the stored word. Amaranth's model returns the old word, but iCE40 block RAMs leave such a read
+#: undefined and the iCE40 build tells yosys so (``COLLISION_X_MASK``, no bypass logic); tests simulate
+#: with this set to show that the core never uses the data of such a read.
+SCRAMBLE_COLLISIONS = False
+
+
+def read_data(m: Module, rd, wr, name: str) -> Value:
+    """Read data of port ``rd`` of a RAM whose write port is ``wr`` (see :data:`SCRAMBLE_COLLISIONS`)."""
+    if not SCRAMBLE_COLLISIONS or wr is None:
+        return rd.data
+    hit = Signal(name=f"{name}_collided")
+    m.d.sync += hit.eq(wr.en.any() & (wr.addr == rd.addr))
+    return Mux(hit, ~rd.data, rd.data)
 
 
 class Banks:
@@ -30,21 +45,23 @@ class Banks:
         if out_reg and writable:
             raise ValueError(f"Banks {name!r}: out_reg is for ROMs (writable=False)")
         self.width, self.depth, self.K = width, max(1, depth), K
-        self.mems, self.rd, self.wr = [], [], []
+        self.mems, self.rd, self.wr, self._data = [], [], [], []
         for k in range(K):
             words = init[k] if init else []
             if out_reg:
                 self.rd.append(rom_out_reg(m, f"{name}{k}", width, self.depth, words, prims))
                 self.wr.append(None)
+                self._data.append(self.rd[k].data)
                 continue
             mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=words)
             m.submodules[f"{name}{k}"] = mem
             self.mems.append(mem)
             self.rd.append(mem.read_port())
             self.wr.append(mem.write_port() if writable else None)
+            self._data.append(read_data(m, self.rd[k], self.wr[k], f"{name}{k}"))
 
     def data(self, k: int):
-        return self.rd[k].data
+        return self._data[k]
 
 
 def dp16kd_mode(depth: int) -> tuple[int, int, int] | None:
@@ -120,10 +137,11 @@ def rom(m: Module, name: str, width: int, init: list[int], depth: int | None = N
 
 
 def ram(m: Module, name: str, width: int, depth: int):
-    """A simple dual-port RAM; returns ``(read_port, write_port)``."""
+    """A simple dual-port RAM; returns ``(read_port, write_port, read_data)`` (see :func:`read_data`)."""
     mem = memory.Memory(shape=unsigned(width), depth=max(1, depth), init=[])
     m.submodules[name] = mem
-    return mem.read_port(), mem.write_port()
+    rd, wr = mem.read_port(), mem.write_port()
+    return rd, wr, read_data(m, rd, wr, name)
 
 
 class DeepRom:
@@ -160,5 +178,5 @@ def lane(word, k: int, width: int):
     return word[k * width:(k + 1) * width]
 
 
-__all__ = ["DP16KD_MODES", "Banks", "DeepRom", "dp16kd_initvals", "dp16kd_mode", "lane", "ram", "rom",
-           "rom_out_reg"]
+__all__ = ["DP16KD_MODES", "SCRAMBLE_COLLISIONS", "Banks", "DeepRom", "dp16kd_initvals", "dp16kd_mode", "lane", "ram",
+           "read_data", "rom", "rom_out_reg"]

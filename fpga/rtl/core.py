@@ -84,7 +84,7 @@ class Core(wiring.Component):
         cx.GS = Banks(m, "gain_slot", 16, 3 * p.extra["gain_words"], K, writable=False, out_reg=True,
                       prims=self.dsp,
                       init=[[(w >> (16 * s)) & 0xFFFF for s in range(3) for w in bank] for bank in p.gmem])
-        cx.xq_rd, cx.xq_wr = ram(m, "xq", XQ_BITS * K, ch)
+        cx.xq_rd, cx.xq_wr, cx.xq_data = ram(m, "xq", XQ_BITS * K, ch)
         if not p.compact:  # (compact cores: boot-loaded SPRAMs, below)
             cx.emb = DeepRom(m, "emb", 8 * K, p.emb)
             cx.wmem = DeepRom(m, "weights", 2 * p.lanes, p.wmem)
@@ -205,12 +205,12 @@ class Core(wiring.Component):
                 m.d.comb += [cx.T.wr[k].addr.eq(pp.waddr), cx.T.wr[k].data.eq(pp.t_wd),
                              cx.T.wr[k].en.eq(pp.we_t & (pp.wbank == k))]
             with m.Else():
-                m.d.comb += [cx.X.rd[k].addr.eq(ps.addr), cx.F.rd[k].addr.eq(ps.addr)]
+                m.d.comb += [cx.X.rd[k].addr.eq(ps.addr), cx.F.rd[k].addr.eq(ps.f_addr)]
                 m.d.comb += [cx.X.wr[k].addr.eq(ps.waddr), cx.X.wr[k].data.eq(ps.wd[k]),
                              cx.X.wr[k].en.eq(ps.we_x)]
                 m.d.comb += [cx.T.wr[k].addr.eq(ps.waddr), cx.T.wr[k].data.eq(ps.wd[k]),
                              cx.T.wr[k].en.eq(ps.we_t)]
-            m.d.comb += [cx.T.rd[k].addr.eq(ps.addr), cx.GM.rd[k].addr.eq(ps.g_addr), cx.GS.rd[k].addr.eq(mv.gs_addr),
+            m.d.comb += [cx.T.rd[k].addr.eq(ps.addr), cx.GM.rd[k].addr.eq(ps.gm_addr), cx.GS.rd[k].addr.eq(mv.gs_addr),
                          cx.XN.rd[k].addr.eq(mv.xn_addr),
                          cx.XN.wr[k].addr.eq(ps.xn_waddr), cx.XN.wr[k].data.eq(ps.xn_wd[k]),
                          cx.XN.wr[k].en.eq(ps.we_xn),

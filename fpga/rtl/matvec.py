@@ -95,28 +95,42 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     xn3 = [delay(m, cx.XN.data(k).as_signed(), 2, f"q_xn_{k}") for k in range(K)]
     gs3 = [delay(m, cx.GS.data(k).as_signed(), 1, f"q_g_{k}") for k in range(K)]  # GS: 2-cycle ROM
     z4 = [product(m, cx, xn3[k], gs3[k], signed(32), f"q_z4_{k}", ("narrow", k, 1)) for k in range(K)]
-    shared = [bool(cx.shifter) and k == 0 for k in range(K)]  # the whole shift at M5, none at M6
-    u5 = [reg(m, cx.shifter.use(m, 1, z4[k], amt_q) if shared[k] else qs.shift_coarse(z4[k], amt_q), qs.mid_shape,
-              name=f"q_u5_{k}") for k in range(K)]
-    u6 = [reg(m, u5[k] if shared[k] else qs.shift_fine(u5[k], amt_q), qs.mid_shape, name=f"q_u6_{k}")
-          for k in range(K)]
-    z28 = [round_sat2(m, u6[k], 18, f"q_z8_{k}") for k in range(K)]  # two stages: valid at M8
+    z28 = []  # two stages: valid at M8
+    for k in range(K):
+        if cx.shifter and k == 0:  # the core's shared shifter: the whole shift at M5, the rounding delayed
+            z28.append(reg(m, round_sat2(m, cx.shifter.use(m, 1, z4[k], amt_q), 18, f"q_z7_{k}"), name=f"q_z8_{k}"))
+            continue
+        u5 = reg(m, qs.shift_coarse(z4[k], amt_q), qs.mid_shape, name=f"q_u5_{k}")
+        u6 = reg(m, qs.shift_fine(u5, amt_q), qs.mid_shape, name=f"q_u6_{k}")
+        z28.append(round_sat2(m, u6, 18, f"q_z8_{k}"))
     p9 = [product(m, cx, z28[k], recip_q, signed(36), f"q_p9_{k}", ("wide", k, 1)) for k in range(K)]
     xq10 = [reg(m, saturate(const_round_shift(p9[k], 26), 8), signed(8), name=f"q_xq10_{k}") for k in range(K)]
 
     ctl = [Cat(iss, g0, first, last)]
-    cc = [c0]
-    was = [wa]
     for i in range(1, 12):
         ctl.append(reg(m, ctl[-1], name=f"mv_ctl{i}"))
-        cc.append(reg(m, cc[-1], name=f"mv_c{i}"))
-        if i <= 8:
-            was.append(reg(m, was[-1], name=f"mv_wa{i}"))
-    m.d.comb += cx.wmem.addr.eq(was[8])  # weights (DeepRom, 2 cycles) valid at M10
+    if p.compact:
+        # the weight and x_q addresses as counters that follow the issue late, not delay chains: wa8 counts
+        # the issues seen at M8 from wbase; c9 replays t (0 at a group's first cycle, else one more) at M9
+        wa8, c9 = Signal.like(wa, name="mv_wa8"), Signal.like(c0, name="mv_c9")
+        with m.If(cx.mv_start):
+            m.d.sync += wa8.eq(op["wbase"])
+        with m.Elif(ctl[8][0]):
+            m.d.sync += wa8.eq(wa8 + 1)
+        m.d.sync += c9.eq(Mux(ctl[8][2], 0, c9 + 1))
+        cc = {9: c9, 10: reg(m, c9, name="mv_c10")}
+    else:
+        cc, was = [c0], [wa]
+        for i in range(1, 11):
+            cc.append(reg(m, cc[-1], name=f"mv_c{i}"))
+            if i <= 8:
+                was.append(reg(m, was[-1], name=f"mv_wa{i}"))
+        wa8 = was[8]
+    m.d.comb += cx.wmem.addr.eq(wa8)  # weights (DeepRom, 2 cycles) valid at M10
     m.d.comb += cx.xq_rd.addr.eq(cc[9])  # x_q of later groups valid at M10
     m.d.comb += [cx.xq_wr.addr.eq(cc[10]), cx.xq_wr.data.eq(Cat(*xq10)), cx.xq_wr.en.eq(ctl[10][0] & ctl[10][1])]
     w11 = reg(m, cx.wmem.data, name="mv_w11")
-    xq = [reg(m, Mux(ctl[10][1], xq10[k], lane(cx.xq_rd.data, k, XQ_BITS).as_signed()), signed(8),
+    xq = [reg(m, Mux(ctl[10][1], xq10[k], lane(cx.xq_data, k, XQ_BITS).as_signed()), signed(8),
               name=f"mv_xq11_{k}") for k in range(K)]
     ctl11 = ctl[11]
 

@@ -143,24 +143,33 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ V1 data -> V2 registers
     xw = fmt["res_bits"]
-    src2, op2, g2 = [], [], []
-    for k in range(K):
-        src = Mux(op["src_t"] | is_norm, cx.T.data(k).as_signed(), cx.X.data(k).as_signed())
-        src2.append(reg(m, src, signed(T_BITS), name=f"v_src2_{k}"))
-        gw = cx.GM.data(k)
-        op2.append(reg(m, Mux(op["opnd_f"], cx.F.data(k).as_signed(), gw[:16].as_signed()), signed(18),
-                       name=f"v_op2_{k}"))
-        g2.append(reg(m, gw, name=f"v_g2_{k}"))
+
+    def operand(k):  # the multiplier operand of T = x * operand: F (released gate) or the gain's slot 0
+        return Mux(op["opnd_f"], cx.F.data(k).as_signed(), cx.GM.data(k)[:16].as_signed())
+
+    src2 = [reg(m, Mux(op["src_t"] | is_norm, cx.T.data(k).as_signed(), cx.X.data(k).as_signed()), signed(T_BITS),
+                name=f"v_src2_{k}") for k in range(K)]
+    if p.compact:
+        # F and the gains are read three cycles after the sources (lagging addresses), straight into the
+        # V5 operand registers: no delay chains
+        ps.f_addr, ps.gm_addr = delay(m, c, 3, "v_f_addr"), delay(m, ps.g_addr, 3, "v_gm_addr")
+        op4 = [reg(m, operand(k), signed(18), name=f"v_op4_{k}") for k in range(K)]
+        g4 = [reg(m, cx.GM.data(k), name=f"v_g4_{k}") for k in range(K)]
+    else:
+        ps.f_addr, ps.gm_addr = c, ps.g_addr
+        op4 = [delay(m, reg(m, operand(k), signed(18), name=f"v_op2_{k}"), 3, f"v_op_{k}") for k in range(K)]
+        g4 = [delay(m, reg(m, cx.GM.data(k), name=f"v_g2_{k}"), 3, f"v_g_{k}") for k in range(K)]
     # embedding path (registered address + DeepRom: data valid at V3): X = emb << res_shift, written at V5
     x4 = [reg(m, lane(cx.emb.data, k, 8).as_signed() << fmt["res_shift"], signed(xw), name=f"v_x4_{k}")
           for k in range(K)]
     x5 = [delay(m, x4[k], 2, f"v_x_{k}") for k in range(K)]
 
     # ------------------------------------------------------------ V3 shift, V4 round + sat16
-    u3 = [reg(m, cx.shifter.use(m, 0, src2[k], amt) if cx.shifter and k == 0 else vs.shift(src2[k], amt),
-              vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
-    op4 = [delay(m, op2[k], 3, f"v_op_{k}") for k in range(K)]
-    g4 = [delay(m, g2[k], 3, f"v_g_{k}") for k in range(K)]
+    if cx.shifter:  # lane 0 on the core's shared shifter, which the NORM finish also uses (ps.fin_*)
+        ps.fin_shift, ps.fin_x, ps.fin_amt = Signal(), Signal(unsigned(32)), Signal(vs.amt_bits)
+        x0, a0 = Mux(ps.fin_shift, ps.fin_x, src2[0]), Mux(ps.fin_shift, ps.fin_amt, amt)
+    u3 = [cx.shifter.use(m, 0, x0, a0) if cx.shifter and k == 0 else
+          reg(m, vs.shift(src2[k], amt), vs.mid_shape, name=f"v_u3_{k}") for k in range(K)]
     xs4 = [round_sat2(m, u3[k], NORM_BITS, f"v_xs4_{k}") for k in range(K)]  # valid at V5
     ps.xn_waddr, ps.xn_wd, ps.we_xn = chunk(5), xs4, valid(5) & is_norm
 
@@ -184,11 +193,16 @@ def build(m: Module, cx: SimpleNamespace) -> None:
 
     # ------------------------------------------------------------ V6 registered, V7 masked |.|, trees
     # (the products are registered once more before |.|: a multiplier output, a 36-bit negation and
-    # the routing between them did not fit one 10 ns cycle)
-    w6 = [reg(m, Mux(is_embed, x5[k], t5[k]), signed(T_BITS), name=f"v_w6_{k}") for k in range(K)]
-    sq6 = [reg(m, sq5[k], name=f"v_sq6_{k}") for k in range(K)]
-    a7 = [reg(m, Mux(mask(7, k), abs_(w6[k]), 0), unsigned(T_BITS), name=f"v_a7_{k}") for k in range(K)]
-    s7 = [reg(m, Mux(mask(7, k), sq6[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s7_{k}") for k in range(K)]
+    # the routing between them did not fit one 10 ns cycle; a compact core, clocked far slower, masks
+    # the products as they leave the multipliers, at V6)
+    if p.compact:
+        a7 = [reg(m, Mux(mask(6, k), abs_(ps.wd[k]), 0), unsigned(T_BITS), name=f"v_a6_{k}") for k in range(K)]
+        s7 = [reg(m, Mux(mask(6, k), sq5[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s6_{k}") for k in range(K)]
+    else:
+        w6 = [reg(m, ps.wd[k], signed(T_BITS), name=f"v_w6_{k}") for k in range(K)]
+        sq6 = [reg(m, sq5[k], name=f"v_sq6_{k}") for k in range(K)]
+        a7 = [reg(m, Mux(mask(7, k), abs_(w6[k]), 0), unsigned(T_BITS), name=f"v_a7_{k}") for k in range(K)]
+        s7 = [reg(m, Mux(mask(7, k), sq6[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s7_{k}") for k in range(K)]
     slots = [(b, k) for b in range(3) for k in range(K)]
     # one registered enable per (slot, lane): each drives 32 clears, not all 3 x 32 + 67 of mask(7, k)
     zi = 6 if p.compact else 7  # the stage the enable is valid at
@@ -196,8 +210,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     if p.compact:
         # the slot products are non-negative already; masked a stage earlier (two plain registers after
         # them made yosys' iCE40 DSP packing (0.70) leave their outputs driven twice)
-        z6 = {(b, k): reg(m, Mux(zen[b, k], z5[b][k], 0), name=f"v_z6_{b}_{k}") for b, k in slots}
-        za = {(b, k): reg(m, z6[b, k], unsigned(32), name=f"v_za7_{b}_{k}") for b, k in slots}
+        za = {(b, k): reg(m, Mux(zen[b, k], z5[b][k], 0), unsigned(32), name=f"v_z6_{b}_{k}") for b, k in slots}
     else:
         z6 = {(b, k): reg(m, z5[b][k], name=f"v_z6_{b}_{k}") for b, k in slots}
         za = {(b, k): reg(m, Mux(zen[b, k], abs_(z6[b, k]), 0), unsigned(32), name=f"v_za7_{b}_{k}")
@@ -249,8 +262,8 @@ def _slot_mantissas(m: Module, cx: SimpleNamespace, fsm, is_norm) -> None:
     """NORM finish, per gain slot ``b``: ``e_b = bitlength(max|z_b|)`` (FIN0), the 11-bit mantissa
     ``m_b`` of ``max|z_b|`` through a coarse (FIN1) and a fine (FIN2) shift (1024 when the max is 0).
 
-    A compact core runs the three slots through one encoder and one shifter, staggered by a state
-    (slot ``b``: leading one in FIN ``b``, coarse shift in FIN ``b+1``, fine shift in FIN ``b+2``)."""
+    A compact core runs the three slots through one encoder and the core's shared shifter, staggered by a
+    state (slot ``b``: leading one in FIN ``b``, shift in FIN ``b+1``, mantissa in FIN ``b+2``)."""
     zmax, e_b, m_b = cx.zmax, cx.e_b, cx.m_b
     if cx.shifter is None:
         z_mid = [Signal(32 + 11, name=f"zmid{b}") for b in range(3)]
@@ -270,11 +283,14 @@ def _slot_mantissas(m: Module, cx: SimpleNamespace, fsm, is_norm) -> None:
         return v
 
     lead = bitlength(slot_in(zmax, 0))
-    z_mid = Signal(32 + 11, name="zmid")
-    e1, e2 = slot_in(e_b, 1), slot_in(e_b, 2)
-    m.d.sync += z_mid.eq((slot_in(zmax, 1) << 11) >> Cat(Const(0, 3), e1[3:]))
+    ps = cx.ps
+    e2 = slot_in(e_b, 2)
+    # m_b = the 11 bits of max|z_b| below its leading one: shifted right by e_b - 11 (truncating: the
+    # shifter's output is x >>> (s-1), one bit above the result)
+    m.d.comb += [ps.fin_shift.eq(fin[1] | fin[2] | fin[3]), ps.fin_x.eq(slot_in(zmax, 1)),
+                 ps.fin_amt.eq(cx.shifter.spec.amount(slot_in(e_b, 1) - 11))]
     for b in range(3):
         with m.If(fin[b] & is_norm):
             m.d.sync += e_b[b].eq(lead)
         with m.If(fin[b + 2]):
-            m.d.sync += m_b[b].eq(Mux(e2 == 0, 1024, (z_mid >> e2[:3])[:11]))
+            m.d.sync += m_b[b].eq(Mux(e2 == 0, 1024, cx.shifter.out[1:12]))

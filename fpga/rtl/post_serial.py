@@ -10,7 +10,8 @@ A row arrives at most every :data:`~.program.SERIAL_POST_CYCLES` cycles (one row
 1. buffer data; multiply ``acc_s * q_m`` (or ``acc_s * gn``)
 2. multiply ``f * h``            3. multiply ``(32768 - f) * c``; requant shift of the first product
                                     (the core's shared shifter, whole shift in one step)
-4. ``f * h`` registered          5. recurrence sum ``f*h + (32768-f)*c``; range tests
+4. ``f * h`` registered; range tests of the shifted product
+5. recurrence sum ``f*h + (32768-f)*c``
 6. round + saturate ``y``        7. new state ``h``; residual sum
 8. table input                   9. table index      10. table data
 11. third product operands      13. third product; buffer writes, logit out
@@ -86,15 +87,15 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     mul.load(m, 1, st == 11, *last_operands(fl, r, r["sig"]))
 
     # ------------------------------------------------------------ requant of the first product, recurrence
-    u = Signal(cx.rq.mid_shape, name="ps_u")
     m.d.comb += cx.post_shift.eq(st == 3)  # the core's shared shifter: the whole shift in step 3
-    at(3, u.eq(cx.shifter.use(m, 2, prod, cx.amt_rq)), r["gg"].eq(prod))
-    at(4, r["ma"].eq(prod))
+    u = cx.shifter.use(m, 2, prod, cx.amt_rq)  # valid in step 4
+    at(3, r["gg"].eq(prod))
     a = u[1:].as_signed()
     fits = {w: Signal(name=f"ps_fits{w}") for w in sorted({act, resb, logb})}
     low, u0, neg = Signal(signed(y_bits), name="ps_low"), Signal(name="ps_u0"), Signal(name="ps_neg")
-    at(5, r["gs"].eq(r["ma"] + prod), low.eq(a[:y_bits].as_signed()), u0.eq(u[0]), neg.eq(a[-1]),
+    at(4, r["ma"].eq(prod), low.eq(a[:y_bits].as_signed()), u0.eq(u[0]), neg.eq(a[-1]),
        *[fits[w].eq(in_range(a, w)) for w in fits])
+    at(5, r["gs"].eq(r["ma"] + prod))
 
     def fin(w):
         return round_sat_finish(fits[w], low, u0, neg, w)

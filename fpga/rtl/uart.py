@@ -17,6 +17,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from .banks import read_data
 from .core import Core
 from .program import Program
 
@@ -101,6 +102,7 @@ class UartCore(wiring.Component):
         lb = p.fmt["logit_bits"]
         m.submodules.logits = lmem = memory.Memory(shape=lb, depth=p.vocab, init=[])
         lw, lr = lmem.write_port(), lmem.read_port()
+        ldata = read_data(m, lr, lw, "logits")
         m.d.comb += [lw.addr.eq(core.logit_index), lw.data.eq(core.logit), lw.en.eq(core.logit_valid)]
 
         cmd = Signal(8)
@@ -157,7 +159,7 @@ class UartCore(wiring.Component):
                     m.d.comb += lr.addr.eq(li)
                     m.next = "LLATCH"
             with m.State("LLATCH"):
-                m.d.sync += [lv.eq(lr.data.as_signed()), nb.eq(0)]
+                m.d.sync += [lv.eq(ldata.as_signed()), nb.eq(0)]
                 m.next = "SEND_L"
             with m.State("SEND_L"):
                 m.d.comb += [utx.data.eq(lv[:8]), utx.valid.eq(1)]
