@@ -137,10 +137,12 @@ class Core(wiring.Component):
                 # 0: x^2 (vector unit); 1: quantizer xn*gain
                 "narrow": [MuxedMul(m, f"lane_mul_narrow{k}", in_mv, 2, self.dsp, NORM_BITS) for k in range(K)],
             }
-            # one variable shifter for lane 0 of the vector unit (0) and the quantizer (1) and for the
-            # serial post unit's requantization (2, while cx.post_shift)
-            cx.post_shift = Signal(name="post_shift")
-            cx.shifter = SharedShift(m, VarShift(T_BITS, -32, 36), Mux(in_mv, Mux(cx.post_shift, 2, 1), 0), 3)
+            # one variable shifter for lane 0 of the vector unit (0) and the quantizer (1), the serial post
+            # unit's requantization (2, while cx.post_shift) and the output scale's normalization (3, while
+            # cx.scale_shift)
+            cx.post_shift, cx.scale_shift = Signal(name="post_shift"), Signal(name="scale_shift")
+            sel = Mux(in_mv, Mux(cx.post_shift, 2, Mux(cx.scale_shift, 3, 1)), 0)
+            cx.shifter = SharedShift(m, VarShift(T_BITS, -32, 36), sel, 4)
 
         passes.build(m, cx)
         matvec.build(m, cx)
@@ -230,6 +232,11 @@ class Core(wiring.Component):
             rst = getattr(ps, f"rst_{src}") | getattr(pp, f"rst_{src}")
             with m.If(rst):
                 m.d.sync += reg_.eq(0)
+            if cx.prog.compact:  # one value for both units (passes.build)
+                val = getattr(ps, f"val_{src}")[:len(reg_)]
+                with m.Elif((getattr(ps, f"upd_{src}") | getattr(pp, f"upd_{src}")) & (val > reg_)):
+                    m.d.sync += reg_.eq(val)
+                continue
             with m.Elif(getattr(ps, f"upd_{src}") & (getattr(ps, f"val_{src}") > reg_)):
                 m.d.sync += reg_.eq(getattr(ps, f"val_{src}"))
             with m.Elif(getattr(pp, f"upd_{src}") & (getattr(pp, f"val_{src}") > reg_)):

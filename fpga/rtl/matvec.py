@@ -22,7 +22,7 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from .arith import VarShift, bitlength, clamp_int, const_round_shift, delay, mul_reg, product, reg, round_sat2, saturate
 from .banks import lane
 from .passes import tree
-from .program import K_GLU, MANT_BITS, XQ_BITS
+from .program import K_GLU, MANT_BITS, QUANT_HOLD, XQ_BITS
 
 #: Cycles from the matvec start to a valid output scale (checked by the ``error`` flag).
 SCALE_LATENCY = 15
@@ -48,7 +48,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # slot-major gain address (core.GS): slot * gain_words + gbase + c as a counter over group 0
     # (no adder between the register and the gain RAMs); later groups do not read the gains
     mv.gs_addr = Signal(range(max(2, 3 * gw + max(o.period0 for o in p.ops) + 1)), name="mv_gs_addr")
-    dly = Signal(2)
+    dly = Signal(range(max(3, QUANT_HOLD)))
     iss = Signal()
     cx.post_all = Signal()
     with m.FSM(name="mv"):
@@ -63,6 +63,14 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         with m.State("LOADR"):
             m.d.sync += recip_q.eq(cx.recip.data)
             m.next = "ISSUE"
+            if p.compact:
+                m.d.sync += dly.eq(0)
+                m.next = "HOLD"
+        if p.compact:
+            with m.State("HOLD"):  # the output scale uses the shared shifter at its stage 9 (see _scale)
+                m.d.sync += dly.eq(dly + 1)
+                with m.If(dly == QUANT_HOLD - 1):
+                    m.next = "ISSUE"
         with m.State("ISSUE"):
             m.d.comb += iss.eq(t < op["chunks"])
             per = Mux(g == 0, op["period0"], op["period"])
@@ -207,14 +215,17 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
         m.d.sync += [am2.eq(2 * m_sel + 1), a_e.eq(e_sel - 12)]
     if cx.muls is not None:
         # compact core: both products come out of the shared multiplier (operands loaded at stages 1 and
-        # 6 and held: pr valid at stages 3-5, q from stage 8), so one leading-one encoder and one
-        # normalizing shift serve both (ps_ and qs_ widen by the same lmax)
+        # 6 and held: pr valid at stages 3-5, q from stage 8), so one leading-one encoder serves both, and
+        # the core's shared shifter normalizes them (requests at stages 4 and 9, results one stage later;
+        # the quantizer, its other user in a matvec, starts late enough: QUANT_HOLD)
         mul = cx.muls["shared"][0]
         pr = mul.load(m, 1, stage[1], am2, cx.r_m)[:30]
         q = mul.load(m, 1, stage[6], p_m, op["k_m"])[:35]
         x = mul.prod[:35]
         lead_p = lead_q = bitlength(x)
-        norm_p = norm_q = qs_.shift(x, qs_.amount(Mux(stage[4], bp, bq) - MANT_BITS))
+        m.d.comb += cx.scale_shift.eq(stage[4] | stage[9])
+        cx.shifter.use(m, 3, x, cx.shifter.spec.amount(Mux(stage[4], bp, bq) - MANT_BITS))
+        norm_p = norm_q = cx.shifter.out
     else:
         # products computed every cycle from operands that are stable while they are used
         pr = reg(m, mul_reg(m, am2, cx.r_m, unsigned(30), "sc_pr", cx.dsp), name="sc_pr_r")  # valid at stage 3
@@ -224,18 +235,22 @@ def _scale(m: Module, cx: SimpleNamespace, m_sel, e_sel) -> None:
     with m.If(stage[3]):
         m.d.sync += bp.eq(lead_p)
     with m.If(stage[4]):
-        m.d.sync += [ep.eq(bp - MANT_BITS), up_.eq(norm_p)]
+        m.d.sync += ep.eq(bp - MANT_BITS)
+        if cx.shifter is None:
+            m.d.sync += up_.eq(norm_p)
     with m.If(stage[5]):
-        mp = ps_.finish(up_)
+        mp = ps_.finish(norm_p if cx.shifter else up_)
         carry = mp[MANT_BITS]
         m.d.sync += [p_m.eq(Mux(pr == 0, 0, Mux(carry, mp >> 1, mp))), p_e.eq(Mux(pr == 0, 0, ep + carry))]
     with m.If(stage[8]):
         m.d.sync += bq.eq(lead_q)
     with m.If(stage[9]):
-        m.d.sync += [eq_.eq(bq - MANT_BITS), uq.eq(norm_q)]
+        m.d.sync += eq_.eq(bq - MANT_BITS)
+        if cx.shifter is None:
+            m.d.sync += uq.eq(norm_q)
     E = Signal(signed(8))  # -E clamped to [-32, 36]
     with m.If(stage[10]):
-        mq = qs_.finish(uq)
+        mq = qs_.finish(norm_q if cx.shifter else uq)
         carry = mq[MANT_BITS]
         m.d.sync += [cx.q_m.eq(Mux(q == 0, 0, Mux(carry, mq >> 1, mq))), q_e.eq(Mux(q == 0, 0, eq_ + carry))]
     e1, e2, s_neg = Signal(signed(10)), Signal(signed(10)), Signal(signed(11))

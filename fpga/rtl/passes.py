@@ -196,7 +196,11 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     # the routing between them did not fit one 10 ns cycle; a compact core, clocked far slower, masks
     # the products as they leave the multipliers, at V6)
     if p.compact:
-        a7 = [reg(m, Mux(mask(6, k), abs_(ps.wd[k]), 0), unsigned(T_BITS), name=f"v_a6_{k}") for k in range(K)]
+        # lane 0 also takes the post unit's T/X writes (0 when it writes neither): one |.| and one running-max
+        # comparator per vector for both units (core._connect_ports)
+        cx.post_raw = Signal(signed(T_BITS), name="post_raw")
+        a7 = [reg(m, abs_(Mux(mask(6, k), ps.wd[k], cx.post_raw if k == 0 else 0)), unsigned(T_BITS),
+                  name=f"v_a6_{k}") for k in range(K)]
         s7 = [reg(m, Mux(mask(6, k), sq5[k], 0), unsigned(2 * NORM_BITS - 1), name=f"v_s6_{k}") for k in range(K)]
     else:
         w6 = [reg(m, ps.wd[k], signed(T_BITS), name=f"v_w6_{k}") for k in range(K)]

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 
-from .arith import VarShift, abs_, const_round_shift, in_range, mul_reg, reg, round_sat_finish, saturate
+from .arith import VarShift, abs_, const_round_shift, delay, in_range, mul_reg, reg, round_sat_finish, saturate
 from .program import K_C, K_F, K_G, K_GLU, K_HEAD, K_RES, T_BITS
 
 
@@ -213,10 +213,14 @@ def row_out(m: Module, cx: SimpleNamespace, f: SimpleNamespace, v, r: dict, prod
     kind = op["kind"]
     pp.rst_x = cx.mv_start & (kind == K_RES)
     pp.rst_t = cx.mv_start & ((kind == K_G) | (kind == K_GLU))
-    pp.upd_t = reg(m, pp.we_t, name="p10_updt")
-    pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
-    pp.upd_x = reg(m, pp.we_x, name="p10_updx")
-    pp.val_x = reg(m, abs_(x_new), unsigned(f.resb), name="p10_valx")
+    if p.compact:  # the values go through the vector unit's |.| register and tree (passes.build), 1 + lgK cycles
+        m.d.comb += cx.post_raw.eq(Mux(pp.we_x, x_new, Mux(pp.we_t, t_val, 0)))
+        pp.upd_t, pp.upd_x = delay(m, pp.we_t, 1 + lgK, "p_updt"), delay(m, pp.we_x, 1 + lgK, "p_updx")
+    else:
+        pp.upd_t = reg(m, pp.we_t, name="p10_updt")
+        pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
+        pp.upd_x = reg(m, pp.we_x, name="p10_updx")
+        pp.val_x = reg(m, abs_(x_new), unsigned(f.resb), name="p10_valx")
     cnt = Signal(range(max(2, max(o.d_out for o in p.ops) + 1)))
     with m.If(cx.mv_start):
         m.d.sync += cnt.eq(0)

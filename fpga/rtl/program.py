@@ -38,6 +38,9 @@ NORM_BITS, GAIN_BITS, T_BITS, XQ_BITS, MANT_BITS = 16, 16, 36, 8, 17
 MIN_PERIOD0 = 10
 #: Compact cores (serial post unit, :mod:`.post_serial`): minimum cycles between two output rows.
 SERIAL_POST_CYCLES = 14
+#: Compact cores: cycles a matvec waits before its first issue, while the core's shared shifter
+#: normalizes the output scale's second product (the quantizer needs the shifter from its fifth cycle).
+QUANT_HOLD = 4
 
 
 class ProgramError(ValueError):

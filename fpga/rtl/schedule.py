@@ -7,12 +7,12 @@ Per op, the sequencer spends 3 cycles (fetch, decode, start) plus the unit's run
 * vector pass: ``4 + chunks + pass_latency`` (+5 for NORM: leading-one, two-step shifts, rsqrt read);
 * matvec: ``3 + (G > 1) * (period0 + (G - 2) * period) + chunks + 20 + log2 K + rows of the last
   group`` (start + reciprocal read, issue, quantizer/tree/accumulator pipeline, drain, post unit),
-  plus one for the serial post unit of a compact core.
+  plus, in a compact core, one for the serial post unit and ``QUANT_HOLD`` before the first issue.
 """
 
 from __future__ import annotations
 
-from .program import DONE, MV, NORM, Program
+from .program import DONE, MV, NORM, QUANT_HOLD, Program
 
 #: Pipeline cycles of the vector unit after its last issue, besides the ``log2 K`` tree levels.
 PASS_FIXED = 7
@@ -37,7 +37,7 @@ def op_cycles(prog: Program) -> list[tuple[str, int]]:
             G = o.groups
             n_last = o.d_out - (G - 1) * prog.R
             issue = (o.period0 + (G - 2) * o.period) if G > 1 else 0
-            post = MV_SERIAL_POST if prog.compact else 0
+            post = MV_SERIAL_POST + QUANT_HOLD if prog.compact else 0
             out.append((o.name, SEQ + 3 + issue + o.chunks + MV_FIXED + post + lgK + n_last))
         else:
             run = 4 + o.chunks + PASS_FIXED + lgK + (5 if o.op == NORM else 0)
