@@ -240,6 +240,22 @@ def test_compact_core_multiplier_count(tiny):
         boot_layout(program.build_program(P, 1, 8, compact=True))
 
 
+def test_up5k_recipe_fits_the_boot_plan():
+    """``shakespeare-up5k`` fits the compact core's boot plan: its 15,360 ternary weights fill the UP5K weight
+    SPRAM (16,384 words, one weight each at one lane)."""
+    from matmulfree.fpga.rtl.boot import SPRAM_WORDS, boot_layout
+
+    from matmulfree.recipe import load_recipe
+
+    torch.manual_seed(0)
+    model = matmulfree.build_model(load_recipe("shakespeare-up5k").model_config(256)).eval()
+    P, _ = _params(model)
+    prog = program.build_program(P, 1, 1, compact=True)
+    layout = boot_layout(prog)
+    assert prog.ternary_weights == 15360 and len(layout.images["weights"]) <= SPRAM_WORDS
+    assert all(len(img) <= SPRAM_WORDS for img in layout.images.values())
+
+
 @pytest.mark.parametrize("compact", [False, pytest.param(True, marks=pytest.mark.slow)])  # boot: ~700k cycles
 def test_uart_protocol(tiny, compact):
     """The board wrapper: command byte + token in, token + logits out over 8N1 serial; a compact core
