@@ -44,11 +44,15 @@ def main() -> None:
     ap.add_argument("--clock-mhz", type=float, default=None)
     ap.add_argument("--sim-tokens", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default="out/fpga_rtl_build")
-    ap.add_argument("--json", default="bench/results/fpga_rtl_build.json")
+    ap.add_argument("--out", default=None, help="build folder (default out/fpga_rtl_build[_up5k])")
+    ap.add_argument("--json", default=None,
+                    help="results (default bench/results/fpga_rtl_build.json; fpga_rtl_up5k.json for ice40)")
     for name in ("d_model", "n_layers", "intermediate_size", "vocab_size"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"preset override: {name}")
     args = ap.parse_args()
+    suffix = "_up5k" if args.target == "ice40" else ""
+    args.out = args.out or f"out/fpga_rtl_build{suffix}"
+    args.json = args.json or ("bench/results/fpga_rtl_up5k.json" if suffix else "bench/results/fpga_rtl_build.json")
     overrides = {k: getattr(args, k) for k in ("d_model", "n_layers", "intermediate_size", "vocab_size")
                  if getattr(args, k) is not None}
 

@@ -314,6 +314,11 @@ def test_fpga_model_by_hand(tmp_path):
     static = 1.1 * 0.212
     assert m["watts"] == pytest.approx(static + lut + ff + bram + mult)
     assert m["joules_per_token"] == pytest.approx(m["watts"] / 1e5)
+    # an iCE40 UltraPlus build also pays for its SPRAM accesses (same duty)
+    res40 = {**json.loads(_summary(tmp_path).read_text())["resources"], "spram": {"used": 4, "available": 4}}
+    m40 = fpga_model(load_summary(_summary(tmp_path, target="ice40", device="up5k", fmax_mhz=12.0, resources=res40)))
+    assert m40["dynamic_w"]["spram"] == pytest.approx(4 * 25e-12 * 0.5 * 12e6)
+    assert m["dynamic_w"]["spram"] == 0  # (ECP5: none)
     with pytest.raises(FPGASummaryError, match="cycles_per_token"):
         load_summary(_summary(tmp_path, cycles_per_token=0))
     with pytest.raises(FPGASummaryError, match="device 'huge'"):

@@ -24,7 +24,10 @@ Constants, per device family (see :data:`FAMILIES`):
   (including its routing, which dominates FPGA dynamic power: Li et al., "Power modeling and
   characteristics of FPGAs", IEEE TCAD 24(11), 2005), 0.4 pF per flip-flop output and 0.05 pF of
   clock tree per flip-flop per cycle; 20 pJ per ECP5 DP16KD access and 8 pJ per iCE40 4-kbit EBR
-  access; 15 pJ per ECP5 MULT18X18D and 8 pJ per iCE40 DSP operation. Use the Lattice Power
+  access; 15 pJ per ECP5 MULT18X18D and 8 pJ per iCE40 DSP operation; 25 pJ per access of an
+  iCE40 UltraPlus 256-kbit SPRAM (about three EBR accesses: a 64 times larger array; the compact core
+  reads its weights from one on every streaming cycle, and the same duty is charged to all four, an
+  overestimate). Use the Lattice Power
   Calculator with the build's netlist, or measure the board and pass ``--fpga-watts``, for
   figures to rely on.
 """
@@ -55,6 +58,7 @@ class Family:
     e_mult_pj: float
     static_w: dict[str, float]
     source: str
+    e_spram_pj: float = 0.0
 
 
 FAMILIES: dict[str, Family] = {
@@ -63,7 +67,7 @@ FAMILIES: dict[str, Family] = {
                    source="static: ECP5 data-sheet core current (77-212 mA at 1.1 V, 45F interpolated); "
                           "dynamic: C*V^2 estimates (see matmulfree.energy.fpga)"),
     "ice40": Family(vcc=1.2, c_lut_pf=0.8, c_ff_pf=0.4, c_clock_per_ff_pf=0.05, e_bram_pj=8.0, e_mult_pj=8.0,
-                    static_w={"up5k": 1.2 * 100e-6},
+                    static_w={"up5k": 1.2 * 100e-6}, e_spram_pj=25.0,
                     source="static: iCE40 UltraPlus data sheet (100 uA standby at 1.2 V); "
                            "dynamic: C*V^2 estimates (see matmulfree.energy.fpga)"),
 }
@@ -109,12 +113,14 @@ def fpga_model(s: dict[str, Any], toggle: float = DEFAULT_TOGGLE, duty: float | 
     if duty is None:
         duty = min(1.0, int(s["cycles_per_token_lower_bound"]) / cycles)
     res = {r: int(s["resources"][r]["used"]) for r in ("lut4", "ff", "bram", "mult")}
+    res["spram"] = int(s["resources"].get("spram", {}).get("used", 0))
     v2 = fam.vcc**2
     dyn = {
         "lut4": res["lut4"] * fam.c_lut_pf * 1e-12 * v2 * toggle * f_hz,
         "ff": res["ff"] * (fam.c_ff_pf * toggle + fam.c_clock_per_ff_pf) * 1e-12 * v2 * f_hz,
         "bram": res["bram"] * fam.e_bram_pj * 1e-12 * duty * f_hz,
         "mult": res["mult"] * fam.e_mult_pj * 1e-12 * duty * f_hz,
+        "spram": res["spram"] * fam.e_spram_pj * 1e-12 * duty * f_hz,
     }
     static = fam.static_w[s["device"]]
     watts = static + sum(dyn.values())
