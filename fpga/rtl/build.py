@@ -134,7 +134,7 @@ def write_rtl(prog: Program, out: Path, opts: BuildOptions, pll_ports, clk_mhz: 
 
 #: iCE40 block RAMs return undefined data when a port reads the address the other port writes in the same
 #: cycle; Amaranth's read ports return the old word, which yosys would emulate with a bypass register and a
-#: mux per data bit (~450 logic cells on the UP5K core). The core never uses such a read (the tests simulate
+#: mux per data bit (~390 logic cells on the UP5K core). The core never uses such a read (the tests simulate
 #: with :data:`~.banks.SCRAMBLE_COLLISIONS`), so the build marks every one-write-port RAM read as
 #: collision-undefined.
 ICE40_COLLISIONS = "setparam -set COLLISION_X_MASK 1'b1 r:COLLISION_X_MASK=1'0"

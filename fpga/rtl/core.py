@@ -12,9 +12,9 @@ Structure (all in one clock domain):
   stages (sigmoid/SiLU tables, forget-gate recurrence, output gate, GLU, residual, logits, argmax).
 
 A *compact* core (``prog.compact``, for the iCE40UP5K) takes the same program with one output row at
-a time: the serial post unit (:mod:`.post_serial`), multipliers shared by units that never run at
-the same time (:class:`~.arith.MuxedMul`) and the tables, embedding and weights in boot-loaded
-SPRAMs (:mod:`.boot`).
+a time: the serial post unit (:mod:`.post_serial`), multipliers and one variable shifter shared by
+units that never run at the same time (:class:`~.arith.MuxedMul`, :class:`~.arith.SharedShift`) and
+the tables, embedding and weights in boot-loaded SPRAMs (:mod:`.boot`).
 
 Stream interface: ``tok_in``/``tok_in_valid``/``tok_in_ready`` in; ``tok_out``/``tok_out_valid``
 (greedy argmax) and ``logit``/``logit_index``/``logit_valid`` (one logit per cycle, Q(logit_frac))

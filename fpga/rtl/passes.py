@@ -11,6 +11,11 @@ Pipeline: issue (V0) -> memory data (V1) -> registered (V2) -> shift (V3) -> rou
 (two stages, V5) -> multiply (V6, writes) -> registered (V7) -> |.| masked (V8) -> registered
 max/sum trees -> running registers. (Stage names below are one lower than the cycles after the
 round, which takes two.)
+
+A compact core (``Program.compact``) reads ``F`` and the gains through addresses that lag the issue by
+three cycles (no operand delay chains), masks the products as they leave the multipliers (one stage
+earlier), and shares lane 0's shifter with the quantizer, the post unit, the output scale and its own NORM
+finish, and lane 0's ``|.|`` register with the post unit's running-maximum updates.
 """
 
 from __future__ import annotations
