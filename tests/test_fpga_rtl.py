@@ -262,7 +262,8 @@ def test_uart_protocol(tiny, compact):
     first takes its boot image (the SPRAM contents) over the same line."""
     from amaranth.sim import Simulator
     from matmulfree.fpga.rtl.boot import boot_layout
-    from matmulfree.fpga.rtl.uart import CMD_CLEAR, CMD_LOGITS, UartCore
+    from matmulfree.fpga.rtl.host import CMD_CLEAR, CMD_LOGITS
+    from matmulfree.fpga.rtl.uart import UartCore
 
     P, ids = tiny
     prog = program.build_program(P, 1, 1, compact=True) if compact else program.build_program(P, 4, 2)
@@ -312,6 +313,25 @@ def test_uart_protocol(tiny, compact):
             assert got.tolist() == logits[0].tolist()
 
 
+def test_host_protocol_and_timeout(tiny):
+    """The host side of the serial protocol: requests and replies, and a compact core that never got its
+    boot image answers nothing, which the host reports naming the boot image."""
+    from matmulfree.fpga.rtl.host import Board, BoardError, Protocol
+    from matmulfree.fpga.rtl.sim import SimulatedPort
+
+    P, _ = tiny
+    prog = program.build_program(P, 1, 1, compact=True)
+    proto = Protocol.of(prog)
+    assert proto.request(5, clear=True, logits=True) == bytes([0x03, 5]) and proto.reply_bytes(True) == 1 + 3 * 64
+    tok, lg = proto.parse_reply(bytes([7]) + bytes([0xFF, 0xFF, 0xFF, 2, 0, 0] + [0] * 3 * 62), True)
+    assert tok == 7 and lg[:3].tolist() == [-1, 2, 0]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        proto.request(64)
+    board = Board(SimulatedPort(prog, timeout_cycles=3000), proto)
+    with pytest.raises(BoardError, match="boot image"):
+        board.step(1)
+
+
 # --------------------------------------------------------------------------- CLI
 def test_cli_export_no_build_and_sim(tmp_path, capsys):
     from matmulfree.cli import main
@@ -328,6 +348,13 @@ def test_cli_export_no_build_and_sim(tmp_path, capsys):
     assert rc == 0
     assert "bit-exact" in capsys.readouterr().out
     assert main(["fpga", "sim", str(out), "--lanes", "6", "--inputs", "4"]) == 2  # CLIError: one line
+    # the host program against the simulated board (UART core): text, and every logit checked
+    capsys.readouterr()
+    assert main(["fpga", "run", str(out), "--simulate", "--prompt", "a", "--tokens", "2", "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 token steps" in printed and "check: bit-exact" in printed
+    assert main(["fpga", "run", str(out), "--port", str(tmp_path / "no-such-tty")]) == 2
+    assert "cannot open serial port" in capsys.readouterr().err
     # --target ice40 compiles the compact datapath; the export folder remembers it
     out40 = tmp_path / "out40"
     assert main(["export", str(tmp_path / "ckpt"), str(out40), "--target", "ice40", "--lanes", "1", "--no-build",

@@ -5,6 +5,9 @@
   simulation against the integer reference, then yosys + nextpnr + ecppack/icepack (``yowasp-*``).
 * ``matmulfree fpga sim CHECKPOINT_OR_OUT [--tokens 32]``: the Amaranth simulation of the core
   on a prompt plus greedy tokens, checked bit for bit, with exact cycles per token.
+* ``matmulfree fpga run OUT --port /dev/ttyUSB1 | --simulate [--prompt TEXT --tokens 64 --check]``:
+  text from a board running the exported bitstream over its serial line (:mod:`.host`), or from the
+  simulation of the same UART core; ``--check`` compares every step with the integer reference.
 """
 
 from __future__ import annotations
@@ -199,7 +202,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- matmulfree fpga sim
 def register_fpga(sub) -> None:
-    """Add ``matmulfree fpga sim``."""
+    """Add ``matmulfree fpga sim`` and ``matmulfree fpga run``."""
     p = sub.add_parser("sim", help="simulate the RTL core (Amaranth) bit-exact against the integer reference",
                        description="Run the generated accelerator in Amaranth's simulator on a prompt followed by "
                        "its own greedy tokens; compare every logit and token with the integer reference; report "
@@ -213,6 +216,7 @@ def register_fpga(sub) -> None:
                    "time); an export folder's own choice is the default")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     p.set_defaults(func=run_fpga_sim)
+    _register_run(sub)
 
 
 def run_fpga_sim(args: argparse.Namespace) -> int:
@@ -238,5 +242,100 @@ def run_fpga_sim(args: argparse.Namespace) -> int:
     return 0 if info["bit_exact"] else 1
 
 
+def _register_run(sub) -> None:
+    p = sub.add_parser("run", help="generate text on a board running an exported bitstream (or on its simulation)",
+                       description="Talk to a board running the bitstream of 'matmulfree export --target ecp5|ice40' "
+                       "over its serial line: send an iCE40 core its boot image, then the prompt token by token and "
+                       "the greedy continuation; print the text. --simulate runs the same exchange against the "
+                       "Amaranth simulation of the board's UART core (no board needed; slow).")
+    p.add_argument("source", help="export folder written by 'matmulfree export --target ecp5|ice40'")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", default=None, help="serial device of the board, e.g. /dev/ttyUSB1 (pyserial)")
+    where.add_argument("--simulate", action="store_true", help="the simulated board instead of a real one")
+    p.add_argument("--baud", type=int, default=None, help="baud rate (default: the export's, else 115200)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text (bytes modulo the vocabulary)")
+    p.add_argument("--tokens", type=int, default=64, help="new tokens to generate (default 64)")
+    p.add_argument("--check", action="store_true",
+                   help="also read every step's logits and compare logits and tokens with the integer reference")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)")
+    p.set_defaults(func=run_fpga_run)
+
+
+def _open_port(args: argparse.Namespace, out: Path):
+    CLIError = _cli_error()
+    baud = args.baud
+    if baud is None:
+        try:
+            baud = int(json.loads((out / "summary.json").read_text())["uart"]["baud"])
+        except (OSError, ValueError, KeyError, TypeError):
+            baud = 115200
+    try:
+        import serial
+    except ImportError:
+        raise CLIError("talking to a board needs pyserial: pip install 'matmulfree[fpga]'") from None
+    try:
+        return serial.Serial(args.port, baud, timeout=args.timeout)
+    except (OSError, ValueError) as e:  # serial.SerialException is an OSError
+        raise CLIError(f"cannot open serial port {args.port!r} at {baud} baud: {e}") from None
+
+
+def run_fpga_run(args: argparse.Namespace) -> int:
+    from ..intref import IntModel
+    from .boot import boot_layout
+    from .host import Board, BoardError, Protocol
+
+    CLIError = _cli_error()
+    if args.tokens < 1:
+        raise CLIError(f"--tokens must be >= 1, got {args.tokens}")
+    out = Path(args.source)
+    if not (out / "rtl.json").is_file() or not (out / "params.npz").is_file():
+        raise CLIError(f"{out}: not an export folder of 'matmulfree export --target ecp5|ice40' "
+                       "(needs rtl.json and params.npz)")
+    _need_amaranth()
+    P, meta = load_params(out)
+    prog = _program(P, meta["lanes"], meta.get("inputs"), compact=bool(meta.get("program", {}).get("compact")))
+    proto = Protocol.of(prog)
+    if args.simulate:
+        from .sim import SimulatedPort
+
+        port = SimulatedPort(prog)
+    else:
+        port = _open_port(args, out)
+    board = Board(port, proto)
+    ids = _prompt_ids(args.prompt, prog.vocab)
+    t0 = time.perf_counter()
+    try:
+        if prog.compact:
+            boot = out / "boot.bin"
+            image = boot.read_bytes() if boot.is_file() else b"".join(
+                w.to_bytes(2, "little") for w in boot_layout(prog).words)
+            board.boot(image)
+            print(f"sent the boot image ({len(image)} bytes)")
+        t1 = time.perf_counter()
+        g = board.generate(ids, args.tokens, logits=args.check)
+    except BoardError as e:
+        raise CLIError(str(e)) from None
+    dt = time.perf_counter() - t1
+    new = g.tokens[len(ids) - 1:]
+    text = bytes(new).decode("utf-8", "replace") if prog.vocab == 256 else " ".join(map(str, new))
+    kind = "simulated board" if args.simulate else f"board on {args.port}"
+    print(f"{kind}: {len(g.inputs)} token steps in {dt:.1f} s ({len(g.inputs) / dt:.3g} steps/s measured, serial "
+          f"transfers included{'' if not prog.compact else f'; boot {t1 - t0:.1f} s'})")
+    print(args.prompt + text)
+    if not args.check:
+        return 0
+    im, state, errs = IntModel(P, check=False), None, []
+    for t, tok in enumerate(g.inputs):
+        logits, token, state = im.step(np.array([tok]), state)
+        if int(token[0]) != g.tokens[t] or not np.array_equal(logits[0], g.logits[t]):
+            errs.append(f"step {t} (input {tok}): token {g.tokens[t]} vs reference {int(token[0])}, "
+                        f"{int(np.sum(logits[0] != g.logits[t]))} logits differ")
+    print(f"check: {'bit-exact' if not errs else 'MISMATCH'} against the integer reference over {len(g.inputs)} "
+          "steps (every logit and token)")
+    for e in errs[:3]:
+        print(f"  {e}")
+    return 0 if not errs else 1
+
+
 __all__ = ["TARGET_DEFAULTS", "add_export_arguments", "lane_shape", "load_params", "register_fpga", "run_export",
-           "run_fpga_sim", "run_sim"]
+           "run_fpga_run", "run_fpga_sim", "run_sim"]

@@ -117,6 +117,65 @@ def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = N
                      error_flag=int(out["error"]), seconds=secs)
 
 
+class SimulatedPort:
+    """A serial port wired to the Amaranth simulation of the board's UART core (:class:`~.uart.UartCore`):
+    the host program (:mod:`.host`) without a board. ``write`` queues bytes for the chip's ``rx`` pin (8N1,
+    ``divisor`` clocks per bit); ``read(n)`` runs the simulation until ``n`` bytes came out of ``tx`` or
+    ``timeout_cycles`` passed (then it returns fewer, like a serial timeout). Slow: about a thousand
+    cycles per second, so a compact core's boot image takes minutes."""
+
+    def __init__(self, prog: Program, divisor: int = 4, timeout_cycles: int = 2_000_000) -> None:
+        from collections import deque
+
+        from amaranth.sim import Simulator
+
+        from .uart import UartCore
+
+        self.dut, self.divisor, self.timeout_cycles = UartCore(prog, divisor), divisor, timeout_cycles
+        self._to_chip: deque[int] = deque()
+        self._from_chip: deque[int] = deque()
+        self.cycles = 0
+        self._sim = Simulator(self.dut)
+        self._sim.add_clock(1e-6)
+        self._sim.add_testbench(self._drive, background=True)
+        self._sim.add_testbench(self._listen, background=True)
+
+    async def _drive(self, ctx):
+        while True:
+            if not self._to_chip:
+                await ctx.tick()
+                continue
+            byte = self._to_chip.popleft()
+            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                ctx.set(self.dut.rx, bit)
+                await ctx.tick().repeat(self.divisor)
+
+    async def _listen(self, ctx):
+        while True:
+            await ctx.tick()
+            self.cycles += 1
+            if ctx.get(self.dut.tx):
+                continue
+            await ctx.tick().repeat(self.divisor + self.divisor // 2)  # into the middle of data bit 0
+            self.cycles += self.divisor + self.divisor // 2
+            v = 0
+            for i in range(8):
+                v |= ctx.get(self.dut.tx) << i
+                await ctx.tick().repeat(self.divisor)
+                self.cycles += self.divisor
+            self._from_chip.append(v)
+
+    def write(self, data: bytes) -> int:
+        self._to_chip.extend(data)
+        return len(data)
+
+    def read(self, n: int) -> bytes:
+        deadline = self.cycles + self.timeout_cycles
+        while len(self._from_chip) < n and self.cycles < deadline:
+            self._sim.advance()
+        return bytes(self._from_chip.popleft() for _ in range(min(n, len(self._from_chip))))
+
+
 def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
     """Replay ``res.inputs`` through :class:`IntModel` and return every mismatch (empty = bit-exact)."""
     from ..intref import IntModel
@@ -139,4 +198,4 @@ def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
     return errs
 
 
-__all__ = ["SimResult", "check_against_reference", "load_boot_image", "simulate"]
+__all__ = ["SimResult", "SimulatedPort", "check_against_reference", "load_boot_image", "simulate"]

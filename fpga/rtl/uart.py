@@ -8,6 +8,7 @@ state first (start of a new sequence). Reply (chip -> host): the greedy next tok
 
 A compact core (iCE40) first takes its boot image (``boot.bin`` of the export: the SPRAM contents
 as little-endian 16-bit words, :mod:`.boot`) after every reset or power-up; commands follow it.
+The host side is :mod:`.host` (``matmulfree fpga run``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from .banks import read_data
 from .core import Core
+from .host import CMD_CLEAR, Protocol
 from .program import Program
-
-CMD_LOGITS, CMD_CLEAR = 0x01, 0x02
 
 
 class UartRx(wiring.Component):
@@ -88,8 +88,8 @@ class UartCore(wiring.Component):
 
     def __init__(self, prog: Program, divisor: int, dsp: str | None = None) -> None:
         self.prog, self.divisor, self.dsp = prog, divisor, dsp
-        self.tok_bytes = -(-prog.tok_bits // 8)
-        self.logit_bytes = -(-prog.fmt["logit_bits"] // 8)
+        proto = Protocol.of(prog)
+        self.tok_bytes, self.logit_bytes = proto.tok_bytes, proto.logit_bytes
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(1)})
 
     def elaborate(self, platform) -> Module:
@@ -203,4 +203,4 @@ class BoardTop(Elaboratable):
         return [self.clk_in, self.rx, self.tx, self.led]
 
 
-__all__ = ["CMD_CLEAR", "CMD_LOGITS", "BoardTop", "UartCore", "UartRx", "UartTx"]
+__all__ = ["BoardTop", "UartCore", "UartRx", "UartTx"]
