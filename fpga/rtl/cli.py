@@ -315,6 +315,9 @@ def run_fpga_run(args: argparse.Namespace) -> int:
         g = board.generate(ids, args.tokens, logits=args.check)
     except BoardError as e:
         raise CLIError(str(e)) from None
+    finally:
+        if hasattr(port, "close"):
+            port.close()
     dt = time.perf_counter() - t1
     new = g.tokens[len(ids) - 1:]
     text = bytes(new).decode("utf-8", "replace") if prog.vocab == 256 else " ".join(map(str, new))
