@@ -10,10 +10,12 @@ Modules (one job each):
   boot-loaded SPRAM memories (tables, embedding, weights);
 * :mod:`.core` — the :class:`~.core.Core` (sequencer + units, stream interface);
 * :mod:`.uart` — 8N1 serial wrapper and board top (PLL blackbox from ecppll/icepll);
-* :mod:`.sim` — Amaranth simulation checked bit for bit against the integer reference;
+* :mod:`.sim` — Amaranth simulation checked bit for bit against the integer reference (and a
+  simulated serial port for the host program);
+* :mod:`.host` — host side of the serial protocol (boot image, tokens, logits; ``matmulfree fpga run``);
 * :mod:`.schedule` — exact cycles per token from the static schedule;
 * :mod:`.build` — yosys -> nextpnr -> ecppack/icepack, ``summary.json`` / ``summary.txt``;
-* :mod:`.cli` — ``matmulfree export ... --target ecp5|ice40`` and ``matmulfree fpga sim``.
+* :mod:`.cli` — ``matmulfree export ... --target ecp5|ice40``, ``matmulfree fpga sim`` and ``run``.
 
 Typical use::
 
