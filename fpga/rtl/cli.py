@@ -280,9 +280,9 @@ def _open_port(args: argparse.Namespace, out: Path):
 
 
 def run_fpga_run(args: argparse.Namespace) -> int:
-    from ..intref import IntModel
     from .boot import boot_layout
     from .host import Board, BoardError, Protocol
+    from .sim import reference_mismatches
 
     CLIError = _cli_error()
     if args.tokens < 1:
@@ -327,12 +327,7 @@ def run_fpga_run(args: argparse.Namespace) -> int:
     print(args.prompt + text)
     if not args.check:
         return 0
-    im, state, errs = IntModel(P, check=False), None, []
-    for t, tok in enumerate(g.inputs):
-        logits, token, state = im.step(np.array([tok]), state)
-        if int(token[0]) != g.tokens[t] or not np.array_equal(logits[0], g.logits[t]):
-            errs.append(f"step {t} (input {tok}): token {g.tokens[t]} vs reference {int(token[0])}, "
-                        f"{int(np.sum(logits[0] != g.logits[t]))} logits differ")
+    errs = reference_mismatches(P, g.inputs, g.logits, g.tokens, who="board")
     print(f"check: {'bit-exact' if not errs else 'MISMATCH'} against the integer reference over {len(g.inputs)} "
           "steps (every logit and token)")
     for e in errs[:3]:

@@ -32,18 +32,17 @@ class BoardError(RuntimeError):
 @dataclass(frozen=True)
 class Protocol:
     """Byte layout of one exchange for a compiled program: ``tok_bytes`` per token, ``logit_bytes`` per
-    logit (little-endian two's complement, Q(``logit_frac``)), and whether a boot image comes first."""
+    logit (little-endian two's complement, Q(``logit_frac``) of the program's formats), and whether a boot
+    image comes first."""
 
     vocab: int
     tok_bytes: int
     logit_bytes: int
-    logit_frac: int
     compact: bool
 
     @classmethod
     def of(cls, prog: Program) -> Protocol:
-        return cls(prog.vocab, -(-prog.tok_bits // 8), -(-prog.fmt["logit_bits"] // 8), prog.fmt["logit_frac"],
-                   prog.compact)
+        return cls(prog.vocab, -(-prog.tok_bits // 8), -(-prog.fmt["logit_bits"] // 8), prog.compact)
 
     def request(self, token: int, clear: bool = False, logits: bool = False) -> bytes:
         """Command byte + token (little-endian)."""
@@ -108,10 +107,9 @@ class Board:
         if not prompt:
             raise ValueError("empty prompt")
         g = Generation()
-        feed = list(prompt)
-        while len(g.inputs) < len(prompt) + max(1, new_tokens) - 1:
-            tok = feed[len(g.inputs)] if len(g.inputs) < len(feed) else g.tokens[-1]
-            out, lg = self.step(tok, clear=not g.inputs, logits=logits)
+        for t in range(len(prompt) + max(1, new_tokens) - 1):
+            tok = prompt[t] if t < len(prompt) else g.tokens[-1]
+            out, lg = self.step(tok, clear=t == 0, logits=logits)
             g.inputs.append(tok)
             g.tokens.append(out)
             if lg is not None:

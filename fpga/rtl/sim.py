@@ -176,26 +176,35 @@ class SimulatedPort:
         return bytes(self._from_chip.popleft() for _ in range(min(n, len(self._from_chip))))
 
 
-def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
-    """Replay ``res.inputs`` through :class:`IntModel` and return every mismatch (empty = bit-exact)."""
+def reference_mismatches(P: dict[str, Any], inputs: list[int], logits, tokens: list[int],
+                         who: str = "rtl") -> list[str]:
+    """Replay ``inputs`` through :class:`IntModel` and list every step whose ``logits[t]`` (V,) or
+    ``tokens[t]`` differ from the reference's (empty = bit-exact); ``who`` names the other side."""
     from ..intref import IntModel
 
     im = IntModel(P, check=False)
     state, errs = None, []
-    for t, tok in enumerate(res.inputs):
-        logits, token, state = im.step(np.array([tok]), state)
-        ref = logits[0]
-        bad = np.nonzero(ref != res.logits[t])[0]
+    for t, tok in enumerate(inputs):
+        ref_logits, token, state = im.step(np.array([tok]), state)
+        ref = ref_logits[0]
+        bad = np.nonzero(ref != np.asarray(logits[t]))[0]
         if bad.size:
             i = int(bad[0])
             errs.append(f"step {t} (input {tok}): {bad.size} logits differ, first at {i}: "
-                        f"rtl {int(res.logits[t][i])} vs reference {int(ref[i])}")
-        if int(token[0]) != res.tokens[t]:
-            errs.append(f"step {t} (input {tok}): token rtl {res.tokens[t]} vs reference {int(token[0])}")
+                        f"{who} {int(logits[t][i])} vs reference {int(ref[i])}")
+        if int(token[0]) != tokens[t]:
+            errs.append(f"step {t} (input {tok}): token {who} {tokens[t]} vs reference {int(token[0])}")
+    return errs
+
+
+def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
+    """Replay ``res.inputs`` through :class:`IntModel` and return every mismatch (empty = bit-exact)."""
+    errs = reference_mismatches(P, res.inputs, res.logits, res.tokens)
     if res.error_flag:
         errs.append("core error flag set (scale late or row-group drain overrun)")
     res.mismatches = errs
     return errs
 
 
-__all__ = ["SimResult", "SimulatedPort", "check_against_reference", "load_boot_image", "simulate"]
+__all__ = ["SimResult", "SimulatedPort", "check_against_reference", "load_boot_image", "reference_mismatches",
+           "simulate"]
