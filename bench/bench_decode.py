@@ -59,10 +59,9 @@ def gemv_only_ms(decoder) -> float:
 
 
 def run_matmulfree(name: str, context: int, n: int, bandwidth: float) -> dict:
-    from matmulfree.triton_kernels import MatMulFreeDecoder
-
     from matmulfree import build_model, preset
     from matmulfree.backend import set_kernel_backend
+    from matmulfree.inference.gpu import MatMulFreeDecoder
 
     set_kernel_backend("triton")
     torch.manual_seed(0)
@@ -98,9 +97,8 @@ def run_matmulfree(name: str, context: int, n: int, bandwidth: float) -> dict:
 
 
 def run_transformer(name: str, context: int, n: int, bandwidth: float) -> dict:
-    from matmulfree.triton_kernels import TransformerDecoder
-
     from matmulfree import build_model, preset
+    from matmulfree.inference.gpu import TransformerDecoder
 
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -16,10 +16,9 @@ from _kbench import device_info, require_cuda, save
 
 
 def measure(name: str, variant: str, context: int, n: int) -> dict:
-    from matmulfree.triton_kernels import MatMulFreeDecoder, TransformerDecoder
-
     from matmulfree import build_model, preset
     from matmulfree.backend import set_kernel_backend
+    from matmulfree.inference.gpu import MatMulFreeDecoder, TransformerDecoder
 
     gc.collect()
     torch.cuda.empty_cache()

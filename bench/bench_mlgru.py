@@ -23,7 +23,7 @@ def main() -> None:
     require_cuda("bench_mlgru.py")
     from matmulfree.triton_kernels import mlgru_scan
 
-    from matmulfree.layers import linear_recurrence_scan
+    from matmulfree.functional import linear_recurrence_scan
 
     B, T, D = args.batch, args.tokens, args.width
     torch.manual_seed(0)

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from matmulfree import build_model, load_model, preset  # noqa: E402
-from matmulfree.energy.cpu_decode import DenseCPUDecoder, PackedCPUDecoder  # noqa: E402
 from matmulfree.energy.targets import StepRunner, model_runner  # noqa: E402
+from matmulfree.inference.cpu import DenseCPUDecoder, PackedCPUDecoder  # noqa: E402
 
 
 def open_model(spec: str, seed: int):

@@ -4,17 +4,19 @@ Quick start::
 
     import matmulfree
     model = matmulfree.build_model(matmulfree.preset("tiny"))
-    model.save_pretrained("out/m"); same = matmulfree.load("out/m")
+    matmulfree.save(model, "out/m"); same = matmulfree.load("out/m")
 """
 
-from .checkpoint import CheckpointError, build_model, load_config, load_model
+from .checkpoint import CheckpointError, load_config, load_model, save_model
 from .config import ConfigError, MatMulFreeConfig, TransformerConfig, config_from_dict, preset
-from .models import LanguageModel, MatMulFreeLM, ModelOutput, TransformerLM
+from .models import LanguageModel, MatMulFreeLM, ModelOutput, TransformerLM, build_model
 
 __version__ = "0.1.0"
 
-#: Open a saved model directory of either architecture.
+#: Open a saved model directory of any architecture.
 load = load_model
+#: Write a model directory (``config.json`` + ``model.safetensors``, atomically).
+save = save_model
 
 __all__ = [
     "CheckpointError",
@@ -31,4 +33,6 @@ __all__ = [
     "load_config",
     "load_model",
     "preset",
+    "save",
+    "save_model",
 ]

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, config_from_dict
+from .models import LanguageModel, build_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,22 +64,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
-def _models():
-    from .models import MatMulFreeLM, TransformerLM
-
-    return {"matmulfree": MatMulFreeLM, "transformer": TransformerLM}
-
-
-def build_model(config):
-    """Instantiate the model class for ``config.architecture``."""
-    return _models()[config.architecture](config)
-
-
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def save_model(model, directory: str | Path, packed: bool | None = None) -> Path:
+def save_model(model: LanguageModel, directory: str | Path, packed: bool | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors``; with ``packed=True`` (default for packed
     models) also ``model.packed.safetensors``. Returns the directory."""
     directory = Path(directory)
@@ -130,7 +120,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({size} bytes): {e}") from None
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu", packed: bool = False):
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu", packed: bool = False) -> LanguageModel:
     """Open a model directory of either architecture.
 
     ``packed=True`` loads ``model.packed.safetensors`` when present (2-bit inference weights).

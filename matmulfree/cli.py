@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import CLIError
+
 #: Modules that provide CLI verbs, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "matmulfree.commands.train",
@@ -17,10 +19,6 @@ COMMAND_MODULES = [
     "matmulfree.commands.fpga",
     "matmulfree.commands.power",
 ]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

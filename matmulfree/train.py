@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .checkpoint import atomic_write_text, build_model, save_model
+from .checkpoint import atomic_write, atomic_write_text, save_model
 from .data import (
     PackedSequences,
     Tokenizer,
@@ -47,6 +47,7 @@ from .data import (
     sample_indices,
     tokenize_split,
 )
+from .models import build_model
 from .recipe import Recipe
 
 STATE_FILE = "trainer_state.json"
@@ -458,8 +459,6 @@ class RunLogger:
         ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
-        from .checkpoint import atomic_write
-
         atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
 

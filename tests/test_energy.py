@@ -12,8 +12,6 @@ import torch
 from matmulfree import build_model
 from matmulfree.cli import main
 from matmulfree.config import MatMulFreeConfig, TransformerConfig
-from matmulfree.energy import ckernel
-from matmulfree.energy.cpu_decode import DenseCPUDecoder, PackedCPUDecoder
 from matmulfree.energy.fpga import FPGASummaryError, fpga_model, hls_figures, load_summary
 from matmulfree.energy.meters import EnergyWindow
 from matmulfree.energy.nvml import NVMLMeter
@@ -21,7 +19,9 @@ from matmulfree.energy.ops import OpEnergyError, count_ops, load_op_energies, pr
 from matmulfree.energy.rapl import RAPLMeter
 from matmulfree.energy.report import Report, Row, Skip, render_text, write_json, write_png
 from matmulfree.energy.targets import MF, TF, PowerOptions, cpu_rows, fpga_rows, gpu_rows
-from matmulfree.energy.ternary_mm import TernaryMatmul, int8_backend_reason
+from matmulfree.inference import ckernel
+from matmulfree.inference.cpu import DenseCPUDecoder, PackedCPUDecoder
+from matmulfree.inference.ternary_mm import TernaryMatmul, int8_backend_reason
 from matmulfree.quant import pack_ternary
 
 

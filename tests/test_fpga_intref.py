@@ -11,7 +11,7 @@ from matmulfree.fpga import convert as conv
 from matmulfree.fpga import fidelity, fixed, intref, luts
 
 import matmulfree
-from matmulfree.layers import rms_norm
+from matmulfree.functional import rms_norm
 from matmulfree.quant import activation_quantize, unpack_ternary
 
 torch.set_num_threads(1)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from matmulfree.layers import GLU, MLGRU, BitLinear, linear_recurrence_naive, linear_recurrence_scan
+from matmulfree.functional import linear_recurrence_naive, linear_recurrence_scan
+from matmulfree.layers import GLU, MLGRU, BitLinear
 
 
 def test_bitlinear_packed_equals_training_forward():

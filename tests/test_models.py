@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import matmulfree
 from matmulfree import MatMulFreeLM, TransformerLM, build_model, config_from_dict, preset
 from matmulfree.config import PRESETS, ConfigError, glu_hidden_size
 
@@ -147,7 +148,7 @@ def test_tiny_model_overfits_one_batch(arch, lr):
 
 
 def test_cli_info_prints_summary(tmp_path):
-    tiny_model("matmulfree").save_pretrained(tmp_path / "m")
+    matmulfree.save(tiny_model("matmulfree"), tmp_path / "m")
     out = subprocess.run(
         [sys.executable, "-m", "matmulfree.cli", "info", str(tmp_path / "m")],
         capture_output=True, text=True, check=True,

@@ -10,10 +10,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from matmulfree.triton_kernels import MatMulFreeDecoder, TransformerDecoder  # noqa: E402
-
 from matmulfree import build_model, preset  # noqa: E402
 from matmulfree.backend import set_kernel_backend  # noqa: E402
+from matmulfree.inference.gpu import MatMulFreeDecoder, TransformerDecoder  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"

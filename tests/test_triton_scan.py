@@ -46,7 +46,7 @@ def test_scan_forward_and_gradients(shape, dtype, with_h0):
 
 
 def test_scan_matches_layer_scan_and_survives_tiny_gates():
-    from matmulfree.layers import linear_recurrence_scan
+    from matmulfree.functional import linear_recurrence_scan
 
     f = torch.full((1, 70, 8), 1e-30, device=DEV)
     b = torch.ones(1, 70, 8, device=DEV)

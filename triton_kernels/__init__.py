@@ -7,7 +7,8 @@ Each kernel sits beside a plain PyTorch ``*_naive`` reference in the same module
   straight-through gradients, recomputed activations, cached ternary weights);
 * :mod:`.scan` — chunked MLGRU recurrence forward/backward;
 * :mod:`.packed` — packed ternary GEMV/GEMM on the 2-bit storage code;
-* :mod:`.decode` — fused MLGRU decode step and CUDA-graph decoders for both models.
+* :mod:`.decode` — fused MLGRU decode step (the CUDA-graph decoders that use it are in
+  :mod:`matmulfree.inference.gpu`).
 
 ``matmulfree.layers`` calls :func:`bitlinear_dispatch` and :func:`mlgru_scan` (see
 ``matmulfree.backend`` for how the backend is chosen). Kernels run on CUDA tensors, or on CPU under
@@ -16,7 +17,7 @@ Each kernel sits beside a plain PyTorch ``*_naive`` reference in the same module
 
 from ._common import INTERPRET
 from .bitlinear import bitlinear_train, bitlinear_train_naive, int8_matmul, ternary_weight, weight_cache
-from .decode import GraphedStep, MatMulFreeDecoder, TransformerDecoder, mlgru_step, mlgru_step_naive
+from .decode import mlgru_step, mlgru_step_naive
 from .dispatch import bitlinear_dispatch
 from .norm_quant import rmsnorm_quantize, rmsnorm_quantize_multi, rmsnorm_quantize_naive
 from .packed import packed_bitlinear, packed_bitlinear_naive, packed_matmul, packed_matmul_naive
@@ -24,9 +25,6 @@ from .scan import mlgru_scan, mlgru_scan_naive
 
 __all__ = [
     "INTERPRET",
-    "GraphedStep",
-    "MatMulFreeDecoder",
-    "TransformerDecoder",
     "bitlinear_dispatch",
     "bitlinear_train",
     "bitlinear_train_naive",

@@ -385,7 +385,7 @@ def bitlinear_train(
 
 def bitlinear_train_naive(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float):
     """Reference of :func:`bitlinear_train` (the arithmetic of ``BitLinear.forward_reference``)."""
-    from matmulfree.layers import rms_norm
+    from matmulfree.functional import rms_norm
     from matmulfree.quant import activation_quantize_ste
 
     x_int, s_x = activation_quantize_ste(rms_norm(x, norm_weight, eps))

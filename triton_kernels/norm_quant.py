@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from matmulfree.layers import rms_norm
+from matmulfree.functional import rms_norm
 from matmulfree.quant import QUANT_EPS, activation_quantize, activation_quantize_ste
 
 from ._common import INTERPRET, activation_scale, autotune, check_device, next_pow2, quantize_activation, round_to

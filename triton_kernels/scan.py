@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from matmulfree.layers import linear_recurrence_naive
+from matmulfree.functional import linear_recurrence_naive
 
 from ._common import INTERPRET, autotune, cast_to, check_device
 

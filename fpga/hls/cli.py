@@ -18,7 +18,7 @@ from .resources import DEFAULT_CLOCK_MHZ, DEFAULT_PART
 
 
 def _cli_error():
-    from matmulfree.cli import CLIError
+    from matmulfree.errors import CLIError
 
     return CLIError
 

@@ -29,7 +29,7 @@ DEFAULT_PROMPT = "ROMEO.\n"
 
 
 def _cli_error():
-    from matmulfree.cli import CLIError
+    from matmulfree.errors import CLIError
 
     return CLIError
 

@@ -43,8 +43,8 @@ def evaluate(model, sequences, batch_size: int, device: str) -> tuple[float, int
 
 def run(args: argparse.Namespace) -> int:
     from matmulfree.checkpoint import load_model
-    from matmulfree.cli import CLIError
     from matmulfree.data import DataError, PackedSequences, load_tokenizer, tokenize_split
+    from matmulfree.errors import CLIError
 
     for name in ("seq_len", "batch_size"):
         if getattr(args, name) <= 0:

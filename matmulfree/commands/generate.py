@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from matmulfree.checkpoint import load_model
-    from matmulfree.cli import CLIError
     from matmulfree.data import DataError, load_tokenizer
+    from matmulfree.errors import CLIError
 
     if args.max_new_tokens < 0:
         raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

@@ -23,7 +23,7 @@ def open_model(spec: str):
         parts = spec.split(":")
         arch = parts[2] if len(parts) > 2 else "matmulfree"
         if arch not in ("matmulfree", "transformer"):
-            from matmulfree.cli import CLIError
+            from matmulfree.errors import CLIError
 
             raise CLIError(f"unknown architecture {arch!r} in {spec!r}")
         import torch

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _error(msg: str):
-    from matmulfree.cli import CLIError
+    from matmulfree.errors import CLIError
 
     return CLIError(msg)
 

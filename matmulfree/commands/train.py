@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from matmulfree.cli import CLIError
     from matmulfree.data import DataError
+    from matmulfree.errors import CLIError
     from matmulfree.recipe import load_recipe
     from matmulfree.train import TrainingError, train
 

@@ -139,7 +139,7 @@ def _energy_fields(window: EnergyWindow | None, seconds: float, tokens: int, nom
 def cpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = None,
              cpu_backend: str = "auto") -> tuple[list[Row], list[Skip]]:  # fmt: skip
     """``models``: ``{"MatMul-free": packed model, "Transformer++": model}`` (either may be absent)."""
-    from .cpu_decode import DenseCPUDecoder, PackedCPUDecoder
+    from ..inference.cpu import DenseCPUDecoder, PackedCPUDecoder
 
     rows, skipped = [], []
     reason = meter.unavailable() if meter is not None else "no meter"
@@ -195,7 +195,7 @@ def gpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = N
     tokens = opts.new_tokens * opts.batch
     dev = f"cuda:{opts.gpu_index}"
     try:
-        import matmulfree.triton_kernels as tk
+        import matmulfree.inference.gpu as tk
     except Exception as e:  # Triton missing or broken: reference path
         tk, kernel_reason = None, f"{type(e).__name__}: {e}"
     for name, model in models.items():

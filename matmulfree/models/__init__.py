@@ -1,7 +1,20 @@
-"""Language models sharing one interface (see :class:`LanguageModel`)."""
+"""Language models sharing one interface (see :class:`LanguageModel`); importing this package
+registers every shipped architecture with :mod:`.registry`."""
 
 from .base import LanguageModel, ModelOutput, next_token_loss
 from .matmulfree import MatMulFreeLM
+from .registry import MODEL_CLASSES, build_model, model_class, register_model
 from .transformer import KVCache, TransformerLM
 
-__all__ = ["LanguageModel", "ModelOutput", "next_token_loss", "MatMulFreeLM", "TransformerLM", "KVCache"]
+__all__ = [
+    "MODEL_CLASSES",
+    "KVCache",
+    "LanguageModel",
+    "MatMulFreeLM",
+    "ModelOutput",
+    "TransformerLM",
+    "build_model",
+    "model_class",
+    "next_token_loss",
+    "register_model",
+]

@@ -1,11 +1,14 @@
-"""The interface both language models share: outputs, loss, generation, save/load, summaries."""
+"""The interface every language model shares: outputs, loss, generation, packing and summaries.
+
+Models know nothing about files: :mod:`matmulfree.checkpoint` saves and loads them, building the
+class that :mod:`.registry` serves for the config's ``architecture``.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import _BaseConfig
+from ..layers import BitLinear
 from ..quant import packed_row_bytes
 
 IGNORE_INDEX = -100
@@ -151,8 +155,6 @@ class LanguageModel(nn.Module):
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of stored parameters (packed ternary weights count as their weight count)."""
         total = sum(p.numel() for p in self.parameters())
-        from ..layers import BitLinear
-
         for m in self.modules():
             if isinstance(m, BitLinear) and m.packed:
                 total += m.in_features * m.out_features
@@ -163,8 +165,6 @@ class LanguageModel(nn.Module):
     def weight_summary(self) -> dict[str, int]:
         """Counts of ternary and full-precision weights and the packed model size in bytes
         (2 bits per ternary weight, rows padded to bytes, 4 bytes per scale, fp32 for the rest)."""
-        from ..layers import BitLinear
-
         ternary = packed = n_bitlinear = 0
         ternary_ids = set()
         for m in self.modules():
@@ -202,8 +202,6 @@ class LanguageModel(nn.Module):
 
     def pack(self) -> LanguageModel:
         """Convert every BitLinear to packed 2-bit inference storage (in place); returns self."""
-        from ..layers import BitLinear
-
         for m in self.modules():
             if isinstance(m, BitLinear):
                 m.pack()
@@ -211,8 +209,6 @@ class LanguageModel(nn.Module):
 
     @property
     def is_packed(self) -> bool:
-        from ..layers import BitLinear
-
         return any(isinstance(m, BitLinear) and m.packed for m in self.modules())
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
@@ -220,23 +216,6 @@ class LanguageModel(nn.Module):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    # -- persistence -------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, packed: bool | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically). Packed models (or
-        ``packed=True``) also write ``model.packed.safetensors`` holding 2-bit weights."""
-        from ..checkpoint import save_model
-
-        return save_model(self, directory, packed=packed)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
-        from ..checkpoint import load_model
-
-        model = load_model(directory, map_location=map_location)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
 
 def _human_bytes(n: float) -> str:

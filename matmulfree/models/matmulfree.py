@@ -8,6 +8,7 @@ from torch import nn
 from ..config import MatMulFreeConfig
 from ..layers import GLU, MLGRU, BitLinear, RMSNorm
 from .base import LanguageModel, ModelOutput, init_weights
+from .registry import register_model
 
 #: Recurrent state: one fp32 ``h (B, d)`` per layer (``None`` before the first token).
 MatMulFreeState = list
@@ -35,6 +36,7 @@ class MatMulFreeBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), h
 
 
+@register_model
 class MatMulFreeLM(LanguageModel):
     """Token ids ``(B, T)`` -> logits ``(B, T, V)``. Every projection is a BitLinear; the recurrence
     is element-wise, so generation keeps O(1) state per layer."""

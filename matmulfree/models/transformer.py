@@ -13,6 +13,7 @@ from torch import nn
 from ..config import TransformerConfig
 from ..layers import RMSNorm
 from .base import LanguageModel, ModelOutput, init_weights
+from .registry import register_model
 
 
 def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +95,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+@register_model
 class TransformerLM(LanguageModel):
     """Token ids ``(B, T)`` -> logits ``(B, T, V)``; the state is a :class:`KVCache`."""
 

@@ -9,7 +9,7 @@ input (f/c/g of the MLGRU; o; the GLU's in and down; the head) is one call of th
 (:mod:`.ckernel`): RMSNorm gain, per-token int8 quantization, the product read straight from
 2-bit weights, and the rescale; only the RMSNorm factor ``rsqrt(mean(x^2) + eps)`` is computed by
 PyTorch, as in the reference. Without a C compiler the same arithmetic runs as
-:func:`~matmulfree.quant.activation_quantize` plus :class:`~matmulfree.energy.ternary_mm.TernaryMatmul`
+:func:`~matmulfree.quant.activation_quantize` plus :class:`~matmulfree.inference.ternary_mm.TernaryMatmul`
 (FBGEMM int8, or fp32 on integers).
 
 :class:`DenseCPUDecoder` is the same model with dense fp32 weights ``W_q / s_w`` (what an fp32
@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..layers import BitLinear, rms_norm
+from ..functional import rms_norm
+from ..layers import BitLinear
 from ..quant import QUANT_EPS, activation_quantize
 from . import ckernel
 from .ternary_mm import TernaryMatmul
