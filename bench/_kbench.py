@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: H100 SXM memory bandwidth used for the roofline (DESIGN.md section 5), bytes/s.
+#: H100 SXM memory bandwidth used for the roofline (docs/design.md, "Figures and how to state them"), bytes/s.
 H100_BANDWIDTH = 3.35e12
 
 

@@ -3,7 +3,7 @@ static KV cache (CUDA graph), at a given context. Random weights (speed does not
 
     python bench/bench_decode.py [--presets 370m 2.7b] [--context 4096] [--tokens 256] [--out FILE]
 
-Reports tokens/s, the ratio, and the fraction of the memory-bandwidth roofline (DESIGN.md section 5:
+Reports tokens/s, the ratio, and the fraction of the memory-bandwidth roofline (docs/design.md, "Figures":
 bytes read per token / bandwidth, H100 SXM 3.35 TB/s; the measured copy bandwidth is reported too)
 for the whole step and for the ternary GEMVs alone. Targets (issue 4): >= 1,000 tokens/s at 370M on
 an H100; >= 3x Transformer++ at 2.7B.

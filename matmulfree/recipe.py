@@ -6,24 +6,27 @@ name the file and the key. ``--set section.key=value`` overrides a key (the valu
 YAML, so ``--set train.lr=1e-3`` and ``--set train.betas=[0.9,0.95]`` work).
 
 ``model`` holds any field of the model config (:mod:`matmulfree.config`) plus ``preset`` and
-``architecture``; ``vocab_size`` defaults to the tokenizer's.
+``architecture`` (:data:`MODEL_KEYS`); ``vocab_size`` defaults to the tokenizer's.
+
+Every key carries a one-line description (``doc_field``); the recipe reference of the
+documentation site is generated from these dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import CONFIG_CLASSES, PRESETS, ConfigError, _BaseConfig, check_type, config_from_dict
+from .config import CONFIG_CLASSES, PRESETS, ConfigError, _BaseConfig, check_type, config_from_dict, doc_field
 
 SCHEDULES = ("cosine", "cosine-halved", "two-stage", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 
-#: The default data source: the embedded Shakespeare corpus (DESIGN.md section 4).
+#: The default data source: the Shakespeare corpus (``docs/design.md``, "Data").
 DEFAULT_SOURCE = "shakespeare"
 
 
@@ -31,14 +34,17 @@ DEFAULT_SOURCE = "shakespeare"
 class DataSection:
     """Where tokens come from. ``source``/``validation_source``: see :mod:`matmulfree.data.corpora`."""
 
-    source: str = DEFAULT_SOURCE
-    validation_source: str | None = None  # default: the validation split of ``source``
-    tokenizer: str = "bytes"  # bytes | bpe:N | hf:NAME
-    seq_len: int = 256  # tokens per training sequence
-    streaming: bool = False  # stream hub datasets (tokenize only max_train_tokens)
-    max_train_tokens: int | None = None  # cap on tokenized training tokens
-    max_validation_tokens: int | None = 1_000_000
-    validation_fraction: float = 0.05  # held-out documents for local files
+    source: str = doc_field(DEFAULT_SOURCE, "training text: shakespeare[:folio|:all], text:PATH, jsonl:PATH[:FIELD], "
+                            "parquet:PATH[:FIELD] or hf:NAME[:CONFIG][:SPLIT] (PATH may be a glob)")
+    validation_source: str | None = doc_field(
+        None, "a separate validation source (its train split is read); null: the validation split of source")
+    tokenizer: str = doc_field("bytes", "bytes (256 ids), bpe:N (trained on the training split) or hf:NAME")
+    seq_len: int = doc_field(256, "tokens per training sequence")
+    streaming: bool = doc_field(False, "stream an hf: dataset instead of downloading it (tokenizes only what is read)")
+    max_train_tokens: int | None = doc_field(None, "cap on the tokenized training tokens (null: the whole split)")
+    max_validation_tokens: int | None = doc_field(1_000_000, "cap on the tokenized validation tokens (null: all)")
+    validation_fraction: float = doc_field(
+        0.05, "share of the documents of a text:/jsonl:/parquet: source held out for validation (the last ones)")
 
 
 @dataclass
@@ -46,67 +52,88 @@ class TrainSection:
     """Optimisation. ``batch_size`` is sequences per micro-batch per process; the global batch is
     ``batch_size × grad_accum × processes`` sequences."""
 
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # final LR = lr × min_lr_ratio
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | cosine-halved | two-stage | constant (DESIGN.md §1)
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    seed: int = 1337
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    steps: int = doc_field(1000, "optimizer steps")
+    batch_size: int = doc_field(16, "sequences per micro-batch per process")
+    grad_accum: int = doc_field(1, "micro-batches accumulated into one optimizer step")
+    lr: float = doc_field(3e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = doc_field(0.1, "final learning rate as a fraction of lr (the decaying schedules)")
+    warmup_steps: int = doc_field(100, "steps of linear warm-up from lr / warmup_steps to lr")
+    schedule: str = doc_field("cosine", "cosine, cosine-halved (LR halved midway), two-stage (BitNet b1.58), constant")
+    weight_decay: float = doc_field(0.1, "AdamW weight decay on matrices (norm gains and other vectors get none)")
+    betas: list[float] = doc_field([0.9, 0.95], "AdamW (β1, β2)")
+    grad_clip: float | None = doc_field(1.0, "clip the global gradient norm to this (null: no clipping)")
+    mixed_precision: str = doc_field("no", "no, bf16 or fp16 autocast (accelerate)")
+    seed: int = doc_field(1337, "seed of initialisation, data order and samples")
+    threads: int | None = doc_field(None, "torch CPU threads (null: torch's default)")
 
 
 @dataclass
 class EvalSection:
-    every: int = 250  # steps between evaluations (0: only at the end)
-    batches: int = 20
-    batch_size: int = 16
+    """Validation during training (the first ``batches × batch_size`` validation sequences)."""
+
+    every: int = doc_field(250, "steps between evaluations (0: only at the end)")
+    batches: int = doc_field(20, "validation batches per evaluation")
+    batch_size: int = doc_field(16, "sequences per validation batch")
 
 
 @dataclass
 class SampleSection:
-    every: int = 500  # steps between text samples (0: only at the end)
-    prompts: list[str] = field(default_factory=lambda: ["\n"])
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 40
+    """Text samples written to ``samples.txt`` (and TensorBoard) during training."""
+
+    every: int = doc_field(500, "steps between text samples (0: only at the end)")
+    prompts: list[str] = doc_field(["\n"], "prompts to continue, one sample each")
+    max_new_tokens: int = doc_field(200, "tokens generated per sample")
+    temperature: float = doc_field(0.8, "sampling temperature (0: greedy)")
+    top_k: int | None = doc_field(40, "sample among the k likeliest tokens (null: all)")
 
 
 @dataclass
 class CheckpointSection:
-    every: int = 500  # steps between checkpoints (the last step always writes one)
-    keep: int = 2  # how many step checkpoints to keep
+    """Resumable training checkpoints under ``checkpoints/step-N/``."""
+
+    every: int = doc_field(500, "steps between checkpoints (0: only at the end; the last step always writes one)")
+    keep: int = doc_field(2, "step checkpoints kept (older ones are deleted)")
 
 
 @dataclass
 class LogSection:
-    every: int = 10  # steps between log lines
-    tensorboard: bool = True
-    progress: bool = True  # progress bar
+    """``log.csv``, TensorBoard and the terminal."""
+
+    every: int = doc_field(10, "steps between rows of log.csv (and TensorBoard scalars)")
+    tensorboard: bool = doc_field(True, "write TensorBoard event files under tensorboard/")
+    progress: bool = doc_field(True, "show a progress bar")
 
 
 SECTIONS = {"data": DataSection, "train": TrainSection, "eval": EvalSection, "sample": SampleSection,
             "checkpoint": CheckpointSection, "log": LogSection}
+#: The keys a recipe file may hold at its top level.
+TOP_LEVEL_KEYS = ("name", "description", "out", "model", *SECTIONS)
+
+
+#: ``model.architecture`` when a recipe leaves it out.
+DEFAULT_ARCHITECTURE = "matmulfree"
+#: Keys of the ``model`` section besides the model config's fields, with their descriptions.
+MODEL_KEYS = {
+    "architecture": "which model: " + ", ".join(sorted(CONFIG_CLASSES)),
+    "preset": "start from a named shape (" + ", ".join(PRESETS) + "); keys given beside it override it",
+}
 
 
 @dataclass
 class Recipe:
-    name: str
-    model: dict[str, Any]
-    data: DataSection
-    train: TrainSection
-    eval: EvalSection
-    sample: SampleSection
-    checkpoint: CheckpointSection
-    log: LogSection
-    description: str = ""
-    out: str | None = None  # default runs/<name>
-    source: str = "recipe"  # where it was loaded from (for error messages)
+    """A validated recipe: the top-level keys and one object per section."""
+
+    name: str = doc_field(doc="run name (default: the file name without .yaml); the run folder is runs/<name>")
+    model: dict[str, Any] = doc_field(doc="the model: architecture, preset and any model config field")
+    data: DataSection = doc_field(doc="where tokens come from")
+    train: TrainSection = doc_field(doc="optimisation")
+    eval: EvalSection = doc_field(doc="validation during training")
+    sample: SampleSection = doc_field(doc="text samples during training")
+    checkpoint: CheckpointSection = doc_field(doc="resumable checkpoints")
+    log: LogSection = doc_field(doc="logging")
+    description: str = doc_field("", "one line saying what the recipe trains")
+    out: str | None = doc_field(None, "run folder (null: runs/<name>; --out overrides)")
+    source: str = doc_field("recipe", "where the recipe was loaded from, for error messages (set by the loader)")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
@@ -115,7 +142,7 @@ class Recipe:
     def model_config(self, vocab_size: int) -> _BaseConfig:
         """The model config; ``vocab_size`` (the tokenizer's) fills the field when absent."""
         fields = dict(self.model)
-        arch = fields.pop("architecture", "matmulfree")
+        arch = fields.pop("architecture", DEFAULT_ARCHITECTURE)
         name = fields.pop("preset", None)
         base = dict(PRESETS[name]) if name else {}
         if arch == "transformer" and "n_heads" not in fields and "n_heads" not in base:
@@ -147,7 +174,7 @@ def _check_model(model: Any, where: str) -> dict[str, Any]:
         model = {}
     if not isinstance(model, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(model).__name__}")
-    arch = model.get("architecture", "matmulfree")
+    arch = model.get("architecture", DEFAULT_ARCHITECTURE)
     if arch not in CONFIG_CLASSES:
         raise ConfigError(f"{where}.architecture: unknown value {arch!r}; expected one of {sorted(CONFIG_CLASSES)}")
     if "preset" in model and model["preset"] not in PRESETS:
@@ -163,10 +190,9 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a recipe mapping (errors name ``source`` and the key)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of sections")
-    top = {"name", "description", "out", "model", *SECTIONS}
-    unknown = sorted(set(data) - top)
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(top)}")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
     sections = {k: _section(cls, data.get(k), f"{source}: {k}") for k, cls in SECTIONS.items()}
     r = Recipe(
         name=check_type(source, "name", data.get("name", Path(source).stem), "str"),

@@ -57,7 +57,7 @@ class TrainingError(RuntimeError):
     """A run that cannot start or continue (non-finite loss, mismatched resume, ...)."""
 
 
-# -- schedules (DESIGN.md §1) ---------------------------------------------------------------
+# -- schedules (docs/design.md, "Training schedules") -----------------------------------------
 def lr_factor(step: int, recipe: Recipe) -> float:
     """Multiplier of the peak LR at optimizer step ``step`` (0-based).
 

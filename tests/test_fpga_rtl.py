@@ -106,7 +106,7 @@ def test_program_order_and_lower_bound(tiny):
 
 
 def test_fpga_preset_meets_cycle_target():
-    """DESIGN.md section 5 target for the default ECP5 lanes (8 rows x 8 inputs): <= 1.25x bound."""
+    """Target (docs/design.md, "Figures") for the default ECP5 lanes (8 rows x 8 inputs): <= 1.25x bound."""
     torch.manual_seed(0)
     model = matmulfree.build_model(matmulfree.preset("fpga")).eval()
     prog = program.build_program(intref.convert(model), 8, 8)

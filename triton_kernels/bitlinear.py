@@ -117,7 +117,7 @@ class _WeightCache:
         self.hits = self.misses = 0
 
 
-#: Process-wide cache used by the training path (see :class:`_WeightCache`).
+#: Process-wide cache of quantized weights used by the training path (a ``_WeightCache``).
 weight_cache = _WeightCache()
 
 # ----------------------------------------------------------------------------------------------

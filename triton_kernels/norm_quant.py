@@ -105,7 +105,7 @@ def rmsnorm_quantize_multi(
     ``(x_q int8 (P, M, K), s_x fp32 (P, M), rstd fp32 (P, M) or None)``.
 
     ``outer (K,)``: an RMSNorm gain applied first (output rounded to ``x``'s dtype, like a separate
-    :class:`RMSNorm` module). ``glu``: the input is ``[g | u]`` and the normalised value is
+    :class:`~matmulfree.layers.RMSNorm` module). ``glu``: the input is ``[g | u]`` and the normalised value is
     ``SiLU(g) * u``. ``out``: preallocated ``(x_q, s_x)`` (for CUDA graphs).
     """
     check_device(x, weights, outer)

@@ -1,6 +1,6 @@
 """Packed ternary inference: GEMV (batch 1-16) and GEMM (prefill) on 2-bit weights.
 
-Weights stay in the storage code of ``matmulfree.quant`` (DESIGN.md section 2): uint8
+Weights stay in the storage code of ``matmulfree.quant`` (``docs/design.md``, "Ternary storage"): uint8
 ``(N, ceil(K/4))``, weight ``k`` of a row in bits ``2 (k mod 4)`` of byte ``k // 4``, ``+1 -> 01``,
 ``-1 -> 11``, ``0 -> 00``. The kernel loads bytes, decodes each of the four 2-bit lanes to int8
 in registers (``v = c - 4 (c >> 1)``) and multiplies it with the int8 activations at columns

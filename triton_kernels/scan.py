@@ -11,7 +11,7 @@ channels (each program owns ``BD`` contiguous channels, so every load is coalesc
 
 The backward pass is the same recurrence run backwards, ``g_t = f_{t+1} g_{t+1} + dh_t``, with
 ``db_t = g_t``, ``df_t = g_t h_{t-1}`` fused into its third launch and ``dh0 = f_1 g_1``. Only
-``f`` and the output ``h`` are saved. Reference: :func:`matmulfree.layers.linear_recurrence_naive`.
+``f`` and the output ``h`` are saved. Reference: :func:`matmulfree.functional.linear_recurrence_naive`.
 """
 
 from __future__ import annotations

@@ -154,7 +154,8 @@ class Program:
 
     # ------------------------------------------------------------------ figures
     def lower_bound_cycles(self) -> int:
-        """DESIGN.md section 5: ternary weights per token / weights the datapath consumes per cycle."""
+        """Ternary weights per token / weights the datapath consumes per cycle (the lower bound of
+        ``docs/design.md``, "Figures")."""
         return -(-self.ternary_weights // self.lanes)
 
     def summary(self) -> dict[str, Any]:

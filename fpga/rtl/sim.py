@@ -178,8 +178,9 @@ class SimulatedPort:
 
 def reference_mismatches(P: dict[str, Any], inputs: list[int], logits, tokens: list[int],
                          who: str = "rtl") -> list[str]:
-    """Replay ``inputs`` through :class:`IntModel` and list every step whose ``logits[t]`` (V,) or
-    ``tokens[t]`` differ from the reference's (empty = bit-exact); ``who`` names the other side."""
+    """Replay ``inputs`` through :class:`~matmulfree.fpga.intref.IntModel` and list every step whose
+    ``logits[t]`` (V,) or ``tokens[t]`` differ from the reference's (empty = bit-exact); ``who`` names
+    the other side."""
     from ..intref import IntModel
 
     im = IntModel(P, check=False)
@@ -198,7 +199,8 @@ def reference_mismatches(P: dict[str, Any], inputs: list[int], logits, tokens: l
 
 
 def check_against_reference(res: SimResult, P: dict[str, Any]) -> list[str]:
-    """Replay ``res.inputs`` through :class:`IntModel` and return every mismatch (empty = bit-exact)."""
+    """Replay ``res.inputs`` through :class:`~matmulfree.fpga.intref.IntModel` and return every mismatch
+    (empty = bit-exact)."""
     errs = reference_mismatches(P, res.inputs, res.logits, res.tokens)
     if res.error_flag:
         errs.append("core error flag set (scale late or row-group drain overrun)")

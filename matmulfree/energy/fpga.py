@@ -1,6 +1,6 @@
 """FPGA figures from the RTL build's ``summary.json`` (and the HLS export's reports).
 
-Speed (**modelled**): tokens/s = Fmax / cycles per token (DESIGN.md section 5): Fmax from
+Speed (**modelled**): tokens/s = Fmax / cycles per token (``docs/design.md``, "Figures"): Fmax from
 nextpnr's static timing, cycles per token from the cycle-accurate simulation of the RTL.
 
 Power (**modelled**): ``P = P_static + sum_r n_r * E_r * a_r * f`` over the used resources ``r``
@@ -61,6 +61,7 @@ class Family:
     e_spram_pj: float = 0.0
 
 
+#: Power constants of the supported device families, by ``summary.json`` target name.
 FAMILIES: dict[str, Family] = {
     "ecp5": Family(vcc=1.1, c_lut_pf=0.8, c_ff_pf=0.4, c_clock_per_ff_pf=0.05, e_bram_pj=20.0, e_mult_pj=15.0,
                    static_w={"25k": 1.1 * 0.077, "45k": 1.1 * 0.1215, "85k": 1.1 * 0.212},

@@ -50,6 +50,7 @@ class NVMLMeter:
             self._handle = None
 
     def unavailable(self) -> str | None:
+        """``None`` if the counter can be read here, else the reason (one line)."""
         if not self._checked:
             self._open()
         return self._reason

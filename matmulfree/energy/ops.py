@@ -41,7 +41,7 @@ from typing import Any
 from ..config import MatMulFreeConfig, TransformerConfig, _BaseConfig
 
 #: Energies in picojoules, 45 nm, 0.9 V. M. Horowitz, "Computing's energy problem (and what we
-#: can do about it)", ISSCC 2014, keynote (also DESIGN.md section 6). ``sram_read_64b`` is his
+#: can do about it)", ISSCC 2014, keynote (also ``docs/design.md``, "Reference figures"). ``sram_read_64b`` is his
 #: 32 KB SRAM figure (8 KB: 10 pJ, 1 MB: 100 pJ); ``dram_read_64b`` is the low end of his
 #: 1.3-2.6 nJ range. ``nonlinear`` (sigmoid/exp/rsqrt/reciprocal via a table or a short
 #: polynomial) is **our assumption**: about four fp16 multiply-adds.

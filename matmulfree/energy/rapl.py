@@ -59,6 +59,7 @@ class RAPLMeter:
         self._wraps = [0] * len(self._domains)
 
     def unavailable(self) -> str | None:
+        """``None`` if the counter can be read here, else the reason (one line)."""
         if self._domains is None:
             self._open()
         return self._reason

@@ -237,7 +237,7 @@ def fpga_rows(opts: PowerOptions) -> tuple[list[Row], list[Skip]]:
     rows, skipped = [], []
     if opts.fpga_summary is None:
         skipped.append(Skip("fpga", "no RTL build: pass --fpga-summary PATH/summary.json "
-                                    "(from 'matmulfree fpga build')"))  # fmt: skip
+                                    "(from 'matmulfree export ... --target ecp5|ice40')"))  # fmt: skip
     else:
         s = load_summary(opts.fpga_summary)
         m = fpga_model(s, toggle=opts.fpga_toggle)

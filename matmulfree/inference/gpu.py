@@ -6,7 +6,7 @@ step with the o-projection's norm+quantize, the o GEMV with the residual add, an
 for the GLU) on static buffers, and captures the whole step in a CUDA graph.
 :class:`TransformerDecoder` gives the Transformer++ baseline the same treatment (static bf16 KV
 cache written in place, graph-captured step), so speed comparisons stay fair. Both feed the greedy
-next token back into their input buffer inside the graph, so repeated :meth:`replay` decodes with
+next token back into their input buffer inside the graph, so repeated :meth:`~MatMulFreeDecoder.replay` decodes with
 no host round trip. Graph capture needs CUDA; the eager step also runs under the Triton interpreter.
 This module imports Triton (through :mod:`matmulfree.triton_kernels`); import it only where Triton exists.
 """

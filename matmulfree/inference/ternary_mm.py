@@ -16,7 +16,7 @@ Backends, fastest first (``"auto"`` takes the first that works here):
 * ``"float"``: ``bmm`` on the same integers in fp32 (exact, reads fp32 weights).
 
 Every backend is checked against an integer reference at construction; ``"auto"`` moves on to
-the next backend (keeping the reason in :attr:`TernaryMatmul.fallback_reason`) if one disagrees.
+the next backend (keeping the reason in ``TernaryMatmul.fallback_reason``) if one disagrees.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from . import ckernel
 
 #: Largest reduction length for which fp32 holds every partial sum exactly (128 * K <= 2**24).
 MAX_EXACT_K = (1 << 24) // 128
+#: Backend names, ``"auto"`` first (see the module docstring).
 BACKENDS = ("auto", "c", "int8", "float")
 #: ``int8`` backend: one stacked call for all groups (P x the multiply work) up to this K.
 STACK_MAX_K = 512

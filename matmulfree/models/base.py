@@ -85,9 +85,13 @@ class LanguageModel(nn.Module):
 
     # -- subclass API ------------------------------------------------------------------
     def forward(self, input_ids, labels=None, state=None, loss_reduction: str = "mean") -> ModelOutput:
+        """Parallel path: ``input_ids (B, T)`` -> :class:`ModelOutput` with logits ``(B, T, V)``, the
+        next-token loss when ``labels (B, T)`` are given, and the state after the last token
+        (``state`` continues an earlier call)."""
         raise NotImplementedError
 
     def step(self, token_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Recurrent path: one token per sequence ``(B,)`` -> ``(logits (B, V), next state)``."""
         raise NotImplementedError
 
     def _finish(self, logits: torch.Tensor, labels: torch.Tensor | None, state: Any, reduction: str) -> ModelOutput:

@@ -11,7 +11,7 @@
 
 #include "mmf_params.h"
 
-typedef uint32_t mmf_word_t;  // 16 ternary weights (2-bit code of DESIGN.md section 2) per word
+typedef uint32_t mmf_word_t;  // 16 ternary weights (the 2-bit code of matmulfree.quant) per word
 
 enum {
     MMF_FLAG_LOAD = 1,    // copy the parameter blob (gains, constants, embedding[, weights]) on chip
