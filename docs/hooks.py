@@ -72,6 +72,7 @@ _tree: Path | None = None
 @event_priority(100)  # before mkdocstrings reads its handler options
 def on_config(config):
     global _tree
+    on_shutdown()  # `mkdocs serve` reloads the config on every rebuild
     _tree = Path(tempfile.mkdtemp(prefix="matmulfree-docs-src-"))
     link_source_tree(_tree)
     python = config.plugins["mkdocstrings"].config.handlers.setdefault("python", {})
@@ -80,8 +81,10 @@ def on_config(config):
 
 
 def on_shutdown():
+    global _tree
     if _tree is not None:
         shutil.rmtree(_tree, ignore_errors=True)
+        _tree = None
 
 
 # --------------------------------------------------------------------------- Markdown helpers
