@@ -162,7 +162,8 @@ class MLGRUEngine:
         ids = input_ids.to(torch.int64).contiguous()
         B, T = ids.shape
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.V):
-            raise ValueError(f"MLGRUEngine: token ids must be in [0, {self.V}), got [{int(ids.min())}, {int(ids.max())}]")
+            raise ValueError(f"MLGRUEngine: token ids must be in [0, {self.V}), "
+                             f"got [{int(ids.min())}, {int(ids.max())}]")  # fmt: skip
         if state is None:
             h = torch.zeros(self.L, B, self.d, dtype=torch.float32)
         else:
