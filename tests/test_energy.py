@@ -187,14 +187,15 @@ def test_ckernel_layout_and_errors():
     if kernel is None:
         pytest.skip(reason)
     w = torch.randint(-1, 2, (5, 130), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
-    blocks = ckernel.pack_blocks(w)
-    assert blocks.shape == (5, 256 // 4)  # 2 bits per padded weight
-    assert torch.equal(blocks, ckernel.pack_blocks_from_storage(pack_ternary(w), 130))
-    # weight j of block b sits in byte j % 32, bits 2*(j // 32)
-    u = (blocks[:, : 32].unsqueeze(-1) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)) & 3
-    assert torch.equal(u.permute(0, 2, 1).reshape(5, 128).to(torch.int8) - 1, w[:, :128])
+    tiles = ckernel.pack_tiles(w)
+    assert tiles.shape == (1, 144 * 4)  # 16 padded rows x 144 padded columns, 2 bits each
+    assert torch.equal(tiles, ckernel.pack_tiles_from_storage(pack_ternary(w), 130))
+    assert torch.equal(ckernel.unpack_tiles(tiles, 5, 130), w)
+    # chunk c, byte 4r + j, bits 2s: row r, column 16c + 4s + j (code w + 1)
+    c, r, j, s = 3, 2, 1, 2
+    assert (int(tiles[0, c * 64 + 4 * r + j]) >> (2 * s)) & 3 == int(w[r, 16 * c + 4 * s + j]) + 1
     with pytest.raises(ValueError, match="do not match"):
-        kernel.mm(blocks.unsqueeze(0), torch.zeros(1, 2, 128, dtype=torch.int8))
+        kernel.mm(tiles.unsqueeze(0), torch.zeros(1, 2, 128, dtype=torch.int8), 5)
 
 
 # ------------------------------------------------------------------------------------- meters

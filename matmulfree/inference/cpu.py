@@ -20,7 +20,9 @@ format and the integer arithmetic.
 
 Both follow the model's step contract: ``step(tokens (B,), state) -> (logits (B, V), state)`` with
 the state a list of per-layer fp32 ``h (B, d)`` (``None`` before the first token). Threads: the C
-kernel is single-threaded; PyTorch's element-wise work uses ``torch.get_num_threads()``.
+products use ``threads`` threads; PyTorch's element-wise work uses ``torch.get_num_threads()``. The
+fastest engine, with the whole step in C, is :class:`~matmulfree.inference.cpu_mlgru.MLGRUEngine`
+(close to, not bit-equal with, the reference: its element-wise math is its own).
 """
 
 from __future__ import annotations
@@ -56,38 +58,73 @@ class _Group:
         return rms_norm(x, None, self.eps) * self.gain
 
 
-class _PackedGroup(_Group):
-    """Int8 activations and exact ternary products: the fused C kernel (norm gain, quantization,
-    product and rescale in one call) when ``backend`` allows it and it loads, else
-    :func:`~matmulfree.quant.activation_quantize` and :class:`TernaryMatmul`."""
+def lin_struct(tiles: torch.Tensor, gain: torch.Tensor, s_w: float, eps: float, n: int, k: int) -> ckernel.Lin:
+    """The C description of one ternary matrix (the tensors must outlive it)."""
+    return ckernel.Lin(tiles.data_ptr(), gain.data_ptr(), float(s_w), float(eps), n, k, ckernel.padded(n, 16),
+                       ckernel.padded(k))  # fmt: skip
 
-    def __init__(self, layers: list[BitLinear], backend: str) -> None:
+
+class PackedGroup(_Group):
+    """``P`` BitLinears reading one input, on packed 2-bit weights: ``x (B, K)`` -> ``(P, B, N)`` fp32,
+    equal (``torch.equal``) to each layer's ``forward_reference`` on its packed weights.
+
+    The generic building block of the CPU engine (any model whose projections share an input can
+    use it: the MLGRU's f/c/g, an RWKV block's r/k/v/g, ...). All ``P`` layers need one ``in_features``,
+    ``out_features`` and eps. With the C kernel, one call does every layer's RMSNorm gain, per-token
+    int8 quantization, the exact product from 2-bit weights on ``threads`` threads (they split the
+    output rows) and the rescale, in the reference's fp32 order; only the RMSNorm factor
+    ``rsqrt(mean(x^2) + eps)`` is computed by PyTorch, as in the reference. Without it (or with
+    ``backend`` ``"int8"``/``"float"``) the same arithmetic runs as
+    :func:`~matmulfree.quant.activation_quantize` plus :class:`TernaryMatmul`.
+
+    Args:
+        layers: the BitLinears (packed or not; unpacked ones are quantized by the same rule).
+        backend: ``"auto"`` (C kernel if it loads), ``"c"`` (required), ``"int8"`` or ``"float"``.
+        threads: C threads for the products.
+        path: C dispatch path (:data:`ckernel.PATHS`; default the fastest this CPU runs).
+    """
+
+    def __init__(self, layers: list[BitLinear], backend: str = "auto", threads: int = 1,
+                 path: str | None = None) -> None:  # fmt: skip
         super().__init__(layers)
+        if len(set(self.out)) != 1:
+            raise ValueError(f"projections in one group must share out_features, got {self.out}")
         kernel, reason = ckernel.load() if backend in ("auto", "c") else (None, f"backend {backend!r} requested")
-        self.kernel = kernel
+        self.kernel, self.threads = kernel, threads
         if kernel is not None:
-            self.blocks = torch.stack([ckernel.pack_blocks(w) for w in self.w_q]).contiguous()
-            self.gain2d = self.gain.reshape(self.P, -1).contiguous()
-            self.s_w1d = self.s_w.reshape(-1).contiguous()
+            self.path = kernel.check_path(path)
+            self.tiles = [ckernel.pack_tiles(w) for w in self.w_q]
+            self.gains = [g.reshape(-1).contiguous() for g in self.gain]
+            n, k = self.out[0], layers[0].in_features
+            self.lins = (ckernel.Lin * self.P)(*[lin_struct(t, g, s, self.eps, n, k) for t, g, s in
+                                                zip(self.tiles, self.gains, self.s_w.flatten().tolist())])  # fmt: skip
             self.backend, self.fallback_reason = "c", None
         else:
             if backend == "c":
-                raise RuntimeError(f"PackedCPUDecoder: C kernel unavailable: {reason}")
+                raise RuntimeError(f"PackedGroup: C kernel unavailable: {reason}")
             self.mm = TernaryMatmul(self.w_q, "auto" if backend == "auto" else backend)
-            self.backend = self.mm.backend
-            self.fallback_reason = self.mm.fallback_reason
+            self.backend, self.path = self.mm.backend, None
+            self.fallback_reason = self.mm.fallback_reason if backend == "auto" else None
+            if backend == "auto":
+                self.fallback_reason = "; ".join(r for r in (reason, self.fallback_reason) if r)
         del self.w_q
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, d)`` -> ``(P, B, N)`` fp32."""
+        """``x (B, K)`` -> ``(P, B, N)`` fp32."""
         if self.kernel is not None:
-            r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # as layers.rms_norm computes it
-            return self.kernel.bitlinear(x, r, self.gain2d, self.s_w1d, QUANT_EPS, self.blocks)
+            r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # as functional.rms_norm computes it
+            return self.kernel.group_forward(self.lins, x.float(), r.reshape(-1), self.out[0], QUANT_EPS, self.path,
+                                             self.threads)  # fmt: skip
         x_q, s_x = activation_quantize(self.normed(x))  # (P, B, d) int8, (P, B, 1)
         return self.mm(x_q) / (s_x * self.s_w)
 
     def weight_bytes(self) -> int:
-        return self.blocks.numel() if self.kernel is not None else self.mm.weight_bytes()
+        """Bytes of weights read per call (2 bits per padded weight for the C kernel)."""
+        return sum(t.numel() for t in self.tiles) if self.kernel is not None else self.mm.weight_bytes()
+
+
+#: Former private name, kept for callers of the first version.
+_PackedGroup = PackedGroup
 
 
 class _DenseGroup(_Group):
@@ -190,19 +227,20 @@ class PackedCPUDecoder(_DecoderBase):
     Args:
         model: a :class:`~matmulfree.models.MatMulFreeLM` on the CPU, packed or not (unpacked
             models are quantized with the same rule; ``model.pack()`` first to save memory).
-        backend: ``"auto"``, ``"c"``, ``"int8"`` or ``"float"`` (see :class:`TernaryMatmul`).
+        backend: ``"auto"``, ``"c"``, ``"int8"`` or ``"float"`` (see :class:`PackedGroup`).
+        threads: C threads per product; path: C dispatch path (default the fastest here).
     """
 
     name = "packed"
 
-    def __init__(self, model, backend: str = "auto") -> None:
-        self.backend_request = backend
+    def __init__(self, model, backend: str = "auto", threads: int = 1, path: str | None = None) -> None:
+        self.backend_request, self.threads, self.path_request = backend, threads, path
         super().__init__(model)
         first = self.layers[0]["fcg"]
         self.backend, self.fallback_reason = first.backend, first.fallback_reason
 
     def _group(self, layers):
-        return _PackedGroup(layers, self.backend_request)
+        return PackedGroup(layers, self.backend_request, self.threads, self.path_request)
 
 
 class DenseCPUDecoder(_DecoderBase):

@@ -6,7 +6,8 @@ exact integers (int32, or fp32 that is exact while ``|acc| < 2**24``, i.e. ``K <
 
 Backends, fastest first (``"auto"`` takes the first that works here):
 
-* ``"c"``: the 2-bit C kernel of :mod:`.ckernel` (weights stay at 2 bits per weight; AVX2).
+* ``"c"``: the 2-bit C kernel of :mod:`.ckernel` (weights stay at 2 bits per weight; the fastest
+  dispatch path of this CPU, one thread).
 * ``"int8"``: int8 x int8 -> int32 on FBGEMM through ``torch.ops.quantized.linear_dynamic``.
   That op quantizes its float input with a per-tensor scale and zero point taken from the input's
   min and max, so one constant row holding -128 and 127 is appended: the scale is then exactly 1
@@ -93,8 +94,8 @@ class TernaryMatmul:
         if kernel is None:
             return reason
         self._kernel = kernel
-        self._kp = ckernel.padded_k(self.in_features)
-        self._blocks = torch.stack([ckernel.pack_blocks(w) for w in weights]).contiguous()
+        self._kp = ckernel.padded(self.in_features)
+        self._tiles = torch.stack([ckernel.pack_tiles(w) for w in weights]).contiguous()
         self.backend = "c"
         return None
 
@@ -140,7 +141,7 @@ class TernaryMatmul:
         if self.backend == "c":
             if self._kp != self.in_features:
                 x_q = F.pad(x_q, (0, self._kp - self.in_features))
-            return self._kernel.mm(self._blocks, x_q.contiguous())
+            return self._kernel.mm(self._tiles, x_q.contiguous(), self.out_features)
         if self.backend == "int8":
             P, M, _ = x_q.shape
             xf = x_q.float()
@@ -158,7 +159,7 @@ class TernaryMatmul:
         ``float``: 4 bytes), all groups."""
         n = self.P * self.out_features
         if self.backend == "c":
-            return n * self._kp // 4
+            return self._tiles.numel()
         return n * self.in_features * (1 if self.backend == "int8" else 4)
 
 
