@@ -197,3 +197,86 @@ def test_rwkv_config_round_trip_and_errors():
         config_from_dict({"architecture": "rwkv", "rwkv_gate": "yes"})
     with pytest.raises(ConfigError, match="quantize_activations"):
         config_from_dict({"architecture": "matmulfree", "quantize_activations": 1})
+
+
+# -- export to the rwkv package ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rwkv_package():
+    import os
+
+    os.environ.setdefault("RWKV_JIT_ON", "0")  # plain eager functions: no TorchScript compile in tests
+    os.environ.setdefault("RWKV_CUDA_ON", "0")
+    return pytest.importorskip("rwkv.model")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_rwkv_package_agrees_with_our_logits(tmp_path, rwkv_package):
+    from matmulfree import save_model
+    from matmulfree.cli import main
+
+    torch.manual_seed(8)
+    model = build_model(tiny(quantize_activations=False, n_layers=2)).eval()
+    # train-like, non-symmetric parameters: perturb everything the init set to a pattern
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_model(model, tmp_path / "ckpt")
+    assert main(["export", "rwkv4", str(tmp_path / "ckpt"), str(tmp_path / "m.pth")]) == 0
+    ref = rwkv_package.RWKV(str(tmp_path / "m.pth"), "cpu fp32", verbose=False)
+    ids = torch.randint(0, 61, (19,))
+    with torch.no_grad():
+        ours = model(ids[None]).logits[0]
+    theirs_seq, _ = ref.forward(ids.tolist(), None, full_output=True)
+    assert _rel(theirs_seq, ours) < 1e-4  # parallel
+    state, steps = None, []
+    with torch.no_grad():
+        for t in ids.tolist():
+            logits, state = ref.forward([t], state)
+            steps.append(logits)
+        ours_state, ours_steps = None, []
+        for t in ids:
+            logits, ours_state = model.step(t[None], ours_state)
+            ours_steps.append(logits[0])
+    assert _rel(torch.stack(steps), torch.stack(ours_steps)) < 1e-4  # recurrent
+    # the package's state after the prompt is ours: att_x, aa, bb, pp, ffn_x per layer
+    for i, s in enumerate(ours_state):
+        assert torch.allclose(state[5 * i + 0], s.att_x[0], atol=1e-5)
+        assert torch.allclose(state[5 * i + 1] * state[5 * i + 3].exp(), s.aa[0] * s.pp[0].exp(), rtol=1e-4)
+        assert torch.allclose(state[5 * i + 4], s.ffn_x[0], atol=1e-5)
+
+
+def test_export_writes_dequantised_ternary_weights(tmp_path):
+    from matmulfree.rwkv4_format import rwkv4_state_dict
+
+    model = build_model(tiny())
+    sd = rwkv4_state_dict(model)
+    w = sd["blocks.1.att.key.weight"]
+    w_q, s_w = model.layers[1].att.key.ternary_weight()
+    assert w.shape == (32, 32) and torch.equal(w, w_q.float() / s_w)
+    assert len(torch.unique(w)) <= 3
+    # stored raw: the package computes -exp(time_decay) itself
+    assert torch.equal(sd["blocks.0.att.time_decay"], model.layers[0].att.time_decay.detach())
+    assert sd["blocks.0.att.time_mix_k"].shape == (1, 1, 32)
+    assert sd["blocks.0.ffn.key.weight"].shape == (64, 32) and sd["blocks.0.ffn.value.weight"].shape == (32, 64)
+    assert "blocks.0.ln0.weight" in sd and "blocks.1.ln0.weight" not in sd
+
+
+def test_export_refuses_what_rwkv4_cannot_hold(tmp_path):
+    from matmulfree import save_model
+    from matmulfree.cli import main
+    from matmulfree.rwkv4_format import rwkv4_state_dict
+
+    with pytest.raises(ConfigError, match="rwkv_gate"):
+        rwkv4_state_dict(build_model(tiny(rwkv_gate=True)))
+    with pytest.raises(ConfigError, match="norm_eps"):
+        rwkv4_state_dict(build_model(tiny(norm_eps=1e-6)))
+    save_model(build_model(config_from_dict({"architecture": "matmulfree", "d_model": 32, "n_layers": 1,
+                                             "intermediate_size": 32})), tmp_path / "mlgru")  # fmt: skip
+    assert main(["export", "rwkv4", str(tmp_path / "mlgru"), str(tmp_path / "x.pth")]) == 2
+    assert not (tmp_path / "x.pth").exists()
+    assert main(["export", "rwkv4", str(tmp_path / "mlgru")]) == 2
