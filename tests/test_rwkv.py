@@ -280,3 +280,34 @@ def test_export_refuses_what_rwkv4_cannot_hold(tmp_path):
     assert main(["export", "rwkv4", str(tmp_path / "mlgru"), str(tmp_path / "x.pth")]) == 2
     assert not (tmp_path / "x.pth").exists()
     assert main(["export", "rwkv4", str(tmp_path / "mlgru")]) == 2
+
+
+# -- CPU packed decode --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["auto", "float"])
+@pytest.mark.parametrize("gate", [False, True])
+def test_packed_cpu_decoder_equals_reference_step(backend, gate):
+    from matmulfree.inference import PackedRWKVDecoder
+
+    torch.manual_seed(9)
+    model = build_model(tiny(rwkv_gate=gate)).eval().pack()
+    dec = PackedRWKVDecoder(model, backend)
+    ids = torch.randint(0, 61, (2, 12))
+    logits, state = dec.prefill(ids[:, :6])
+    ref_state = model(ids[:, :6]).state
+    for t in range(6, 12):
+        logits, state = dec.step(ids[:, t], state)
+        with torch.no_grad():
+            ref, ref_state = model.step(ids[:, t], ref_state)
+        assert torch.equal(logits, ref)
+    for a, b in zip(state, ref_state):
+        assert torch.equal(a.aa, b.aa) and torch.equal(a.pp, b.pp) and torch.equal(a.ffn_x, b.ffn_x)
+    assert dec.weight_bytes() > 0
+
+
+def test_packed_cpu_decoder_refuses_unquantised_activations():
+    from matmulfree.inference import PackedRWKVDecoder
+
+    with pytest.raises(ValueError, match="quantize_activations"):
+        PackedRWKVDecoder(build_model(tiny(quantize_activations=False)))
