@@ -2,7 +2,8 @@
 
 ``export_vitis(P, out, ExportOptions(...))`` writes::
 
-    firmware/  mmf_kernel.cpp / .h (kernel), mmf_arith.h (integer primitives),
+    firmware/  mmf_kernel.cpp / .h (kernel), mmf_arith.h (integer primitives), mmf_bitlinear.h
+               (BitLinear, table lookups, blob decoders; shared by the architectures' kernels),
                mmf_params.h (sizes, formats, blob offsets), mmf_tables.h (lookup-table ROMs)
     weights/   mmf_weights.bin (blob a host loads over AXI), mmf_weights.h (same words as a C
                initializer), manifest.json (sections), params.npz (the integer parameter dict)
@@ -39,7 +40,8 @@ from .resources import (
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: Template files copied (with ``@@NAME@@`` substitution) into the export folder.
-TEMPLATE_FILES = ("firmware/mmf_kernel.cpp", "firmware/mmf_kernel.h", "firmware/mmf_arith.h", "tb/tb_mmf.cpp",
+TEMPLATE_FILES = ("firmware/mmf_kernel.cpp", "firmware/mmf_kernel.h", "firmware/mmf_arith.h",
+                  "firmware/mmf_bitlinear.h", "tb/tb_mmf.cpp",
                   "scripts/run_hls.tcl", "scripts/Makefile", "scripts/link.cfg", "scripts/host.cpp")
 #: Every file an export folder holds (the C-simulation and the tests check these).
 EXPORT_FILES = TEMPLATE_FILES + ("firmware/mmf_params.h", "firmware/mmf_tables.h", "weights/mmf_weights.bin",
