@@ -70,6 +70,9 @@ def check_supported(model) -> None:
     if not isinstance(model, MatMulFreeLM):
         raise ConversionError(f"fpga converter: expected a MatMulFreeLM, got {type(model).__name__}")
     cfg = model.config
+    if not cfg.quantize_activations:
+        raise ConversionError("fpga converter: config field 'quantize_activations'=False is not supported; "
+                              "the chip computes int8 activations")
     if cfg.gate not in ("paper", "released"):
         raise ConversionError(f"fpga converter: config field 'gate'={cfg.gate!r} is not supported")
     if not cfg.ternary_head or not isinstance(model.lm_head, BitLinear):

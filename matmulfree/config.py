@@ -1,7 +1,7 @@
 """Model configurations and presets (the single source of truth for architecture fields).
 
-A config serialises to ``config.json`` with an ``architecture`` field (``"matmulfree"`` or
-``"transformer"``) so that :func:`matmulfree.load` can open either kind. Loading validates every
+A config serialises to ``config.json`` with an ``architecture`` field (``"matmulfree"``,
+``"rwkv"`` or ``"transformer"``) so that :func:`matmulfree.load` can open any kind. Loading validates every
 field: unknown names and wrong types raise :class:`ConfigError` naming the field.
 
 Every field carries a one-line description (:func:`doc_field`); the recipe reference of the
@@ -118,7 +118,17 @@ class _BaseConfig:
 
 
 @dataclass
-class MatMulFreeConfig(_BaseConfig):
+class _TernaryConfig(_BaseConfig):
+    """Fields shared by the architectures whose projections are BitLinears."""
+
+    quantize_activations: bool = doc_field(
+        True, "BitLinears round their inputs to int8 per token (false: weights stay ternary, "
+        "activations unquantised; ablations and the exact check against the rwkv package)")
+    ternary_head: bool = doc_field(True, "the LM head is a BitLinear (false: a full-precision linear layer)")
+
+
+@dataclass
+class MatMulFreeConfig(_TernaryConfig):
     """MatMul-free LM: MLGRU token mixer + ternary GLU, every projection a BitLinear.
 
     ``gate``: ``"paper"`` (``o' = g * sigmoid(h)``) or ``"released"`` (``o' = RMSNorm(g) * SiLU(h)``).
@@ -131,12 +141,27 @@ class MatMulFreeConfig(_BaseConfig):
     gate: str = doc_field("paper", "MLGRU output gate: paper (g·σ(h)) or released (RMSNorm(g)·SiLU(h))")
     forget_lower_bound: bool = doc_field(
         False, "learnable per-layer lower bound on the MLGRU forget gate (cumulative softmax over layers)")
-    ternary_head: bool = doc_field(True, "the LM head is a BitLinear (false: a full-precision linear layer)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.gate not in ("paper", "released"):
             raise ConfigError(f"MatMulFreeConfig: field 'gate' must be 'paper' or 'released', got {self.gate!r}")
+
+
+@dataclass
+class RWKVConfig(_TernaryConfig):
+    """MatMul-free RWKV-4: LayerNorm pre-norm blocks of time mixing (WKV recurrence) and channel
+    mixing, every projection a BitLinear without an inner norm (see ``docs/rwkv.md``).
+
+    ``intermediate_size`` is the channel-mixing width (RWKV-4 uses ``4 d``; null: the GLU rule).
+    ``norm_eps`` defaults to RWKV-4's LayerNorm epsilon, 1e-5.
+    """
+
+    architecture: ClassVar[str] = "rwkv"
+
+    norm_eps: float = doc_field(1e-5, "epsilon of every norm (RWKV: its LayerNorms; 1e-5 as RWKV-4)")
+    rwkv_gate: bool = doc_field(
+        False, "RWKV: time mixing output gated by silu(G(x)) with G a ternary d x d projection (as RWKV-5 added)")
 
 
 @dataclass
@@ -161,6 +186,7 @@ class TransformerConfig(_BaseConfig):
 
 CONFIG_CLASSES: dict[str, type[_BaseConfig]] = {
     MatMulFreeConfig.architecture: MatMulFreeConfig,
+    RWKVConfig.architecture: RWKVConfig,
     TransformerConfig.architecture: TransformerConfig,
 }
 

@@ -43,12 +43,19 @@ class BitLinear(nn.Module):
     After :meth:`pack` the layer holds only the packed 2-bit weights ``(out, ceil(in/4))`` uint8 and
     the scale ``s_w`` and computes from them. Both paths compute
     ``y = (x_q @ W_q^T) / (s_x * s_w)`` with integer-valued operands, so they agree exactly.
+
+    ``quantize_activations=False`` keeps the weights ternary but feeds the (normed) activations
+    unrounded: ``y = (x_n @ W_q^T) / s_w`` (ablations; the exact check against the ``rwkv``
+    package). ``norm=False`` drops the inner RMSNorm (``x_n = x``; RWKV, whose block LayerNorm
+    already normalises every projection's input, and whose reference implementation has none).
     """
 
-    def __init__(self, in_features: int, out_features: int, eps: float = 1e-6, init_std: float = 0.02) -> None:
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-6, init_std: float = 0.02,
+                 quantize_activations: bool = True, norm: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features, self.eps = in_features, out_features, eps
-        self.norm = RMSNorm(in_features, eps)
+        self.quantize_activations = quantize_activations
+        self.norm: RMSNorm | None = RMSNorm(in_features, eps) if norm else None
         self.weight: nn.Parameter | None = nn.Parameter(torch.randn(out_features, in_features) * init_std)
         self.packed = False
 
@@ -81,7 +88,13 @@ class BitLinear(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Plain PyTorch path (the reference every kernel is compared with)."""
-        x_n = self.norm(x)
+        x_n = self.norm(x) if self.norm is not None else x
+        if not self.quantize_activations:
+            if self.packed:
+                w_q = unpack_ternary(self.weight_packed, self.in_features, torch.float32)
+                return (F.linear(x_n.float(), w_q) / self.weight_scale).to(x.dtype)
+            w_int, s_w = ternary_quantize_ste(self.weight)
+            return F.linear(x_n, w_int.to(x_n.dtype)) / s_w.to(x_n.dtype)
         if self.packed:
             x_q, s_x = activation_quantize(x_n)
             w_q = unpack_ternary(self.weight_packed, self.in_features, torch.float32)
@@ -93,7 +106,8 @@ class BitLinear(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, packed={self.packed}"
+        return (f"in={self.in_features}, out={self.out_features}, packed={self.packed}, "
+                f"quantize_activations={self.quantize_activations}, norm={self.norm is not None}")
 
 
 class MLGRU(nn.Module):
@@ -104,13 +118,15 @@ class MLGRU(nn.Module):
     or ``RMSNorm(g) * SiLU(h)`` ("released"), then ``o = o' W_o``. State: ``h (B, d)`` in fp32.
     """
 
-    def __init__(self, d: int, gate: str = "paper", eps: float = 1e-6, init_std: float = 0.02) -> None:
+    def __init__(self, d: int, gate: str = "paper", eps: float = 1e-6, init_std: float = 0.02,
+                 quantize_activations: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.d, self.gate = d, gate
-        self.f_proj = BitLinear(d, d, eps, init_std)
-        self.c_proj = BitLinear(d, d, eps, init_std)
-        self.g_proj = BitLinear(d, d, eps, init_std)
-        self.o_proj = BitLinear(d, d, eps, init_std)
+        qa = quantize_activations
+        self.f_proj = BitLinear(d, d, eps, init_std, qa)
+        self.c_proj = BitLinear(d, d, eps, init_std, qa)
+        self.g_proj = BitLinear(d, d, eps, init_std, qa)
+        self.o_proj = BitLinear(d, d, eps, init_std, qa)
         self.g_norm = RMSNorm(d, eps) if gate == "released" else None
 
     def gates(
@@ -156,11 +172,12 @@ class GLU(nn.Module):
     """Ternary GLU channel mixer: ``[g, u] = x W_in`` (one fused ``d -> 2l`` BitLinear),
     ``y = (SiLU(g) * u) W_down``. Stateless, so the step path is the parallel path."""
 
-    def __init__(self, d: int, hidden: int, eps: float = 1e-6, init_std: float = 0.02) -> None:
+    def __init__(self, d: int, hidden: int, eps: float = 1e-6, init_std: float = 0.02,
+                 quantize_activations: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.hidden = hidden
-        self.w_in = BitLinear(d, 2 * hidden, eps, init_std)
-        self.w_down = BitLinear(hidden, d, eps, init_std)
+        self.w_in = BitLinear(d, 2 * hidden, eps, init_std, quantize_activations)
+        self.w_down = BitLinear(hidden, d, eps, init_std, quantize_activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.w_in(x).chunk(2, dim=-1)

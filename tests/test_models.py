@@ -125,7 +125,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="d_model"):
         config_from_dict({"architecture": "matmulfree", "d_model": "big"})
     with pytest.raises(ConfigError, match="unknown architecture"):
-        config_from_dict({"architecture": "rwkv"})
+        config_from_dict({"architecture": "rwkv5"})
     with pytest.raises(ConfigError, match="gate"):
         config_from_dict({"architecture": "matmulfree", "gate": "other"})
     with pytest.raises(ConfigError, match="divisible"):

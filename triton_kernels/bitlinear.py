@@ -347,9 +347,12 @@ class _BitLinearFunction(torch.autograd.Function):
         dx = dg = dw = None
         if M == 0:
             zeros = torch.zeros
-            return (zeros(ctx.x_shape, dtype=x2.dtype, device=x2.device), torch.zeros_like(g),
+            return (zeros(ctx.x_shape, dtype=x2.dtype, device=x2.device),
+                    None if g is None else torch.zeros_like(g),
                     zeros(N, K, dtype=ctx.w_dtype, device=x2.device), None, None)  # fmt: skip
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if g is None and ctx.needs_input_grad[0]:  # no inner norm: dL/dx = (dy W_q) / s_w
+            dx = (torch.matmul(dy2, weight_cache.as_dtype(wq, x2.dtype)) / sw.to(x2.dtype)).reshape(ctx.x_shape)
+        elif ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             # dy W_q: the exact ternary weights in the activation dtype, on cuBLAS (1/s_w is applied
             # inside the norm backward kernel, which then overwrites this buffer with dL/dx)
             gx = torch.matmul(dy2, weight_cache.as_dtype(wq, x2.dtype))
@@ -369,26 +372,30 @@ class _BitLinearFunction(torch.autograd.Function):
 
 
 def bitlinear_train(
-    x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float, cache: bool = True
+    x: torch.Tensor, norm_weight: torch.Tensor | None, weight: torch.Tensor, eps: float, cache: bool = True
 ) -> torch.Tensor:
     """Fused BitLinear (latent weights), differentiable w.r.t. ``x``, ``norm_weight`` and ``weight``.
 
-    ``x (..., K)``, ``norm_weight (K,)``, ``weight (N, K)`` -> ``y (..., N)`` in ``x``'s dtype.
+    ``x (..., K)``, ``norm_weight (K,)`` (``None``: no inner RMSNorm), ``weight (N, K)`` ->
+    ``y (..., N)`` in ``x``'s dtype.
     ``cache``: reuse the quantized weights while ``weight`` is unchanged (see :data:`weight_cache`).
     """
     check_device(x, weight)
-    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or norm_weight.shape != (weight.shape[1],):
-        raise ValueError(f"bitlinear_train: x {tuple(x.shape)}, norm weight {tuple(norm_weight.shape)} and "
+    gain_ok = norm_weight is None or norm_weight.shape == (weight.shape[1],)
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or not gain_ok:
+        gshape = None if norm_weight is None else tuple(norm_weight.shape)
+        raise ValueError(f"bitlinear_train: x {tuple(x.shape)}, norm weight {gshape} and "
                          f"weight {tuple(weight.shape)} do not fit")  # fmt: skip
     return _BitLinearFunction.apply(x, norm_weight, weight, eps, cache)
 
 
-def bitlinear_train_naive(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float):
+def bitlinear_train_naive(x: torch.Tensor, norm_weight: torch.Tensor | None, weight: torch.Tensor, eps: float):
     """Reference of :func:`bitlinear_train` (the arithmetic of ``BitLinear.forward_reference``)."""
     from matmulfree.functional import rms_norm
     from matmulfree.quant import activation_quantize_ste
 
-    x_int, s_x = activation_quantize_ste(rms_norm(x, norm_weight, eps))
+    x_n = x if norm_weight is None else rms_norm(x, norm_weight, eps)
+    x_int, s_x = activation_quantize_ste(x_n)
     w_int, s_w = ternary_quantize_ste(weight)
     return F.linear(x_int, w_int.to(x_int.dtype)) / (s_x * s_w).to(x_int.dtype)
 

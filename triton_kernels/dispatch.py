@@ -13,11 +13,19 @@ def bitlinear_dispatch(layer, x: torch.Tensor) -> torch.Tensor:
 
     Packed layers use the packed GEMV/GEMM; latent-weight layers the fused training kernels (with
     straight-through gradients; the quantized weights are cached across micro-batches while
-    gradients are being recorded and the weight is unchanged).
+    gradients are being recorded and the weight is unchanged). A layer without its inner RMSNorm
+    (``layer.norm is None``) runs the same kernels with the norm switched off.
+
+    A layer with ``quantize_activations=False`` has no integer product to fuse (its activations stay
+    floating point): it runs the reference path, i.e. ternary weights times float activations on
+    cuBLAS.
     """
+    if not layer.quantize_activations:
+        return layer.forward_reference(x)
+    gain = layer.norm.weight if layer.norm is not None else None
+    eps = layer.norm.eps if layer.norm is not None else layer.eps
     if layer.packed:
-        return packed_bitlinear(x, layer.norm.weight, layer.norm.eps, layer.weight_packed, layer.weight_scale,
-                                layer.in_features)  # fmt: skip
+        return packed_bitlinear(x, gain, eps, layer.weight_packed, layer.weight_scale, layer.in_features)
     w = layer.weight
     cache = torch.is_grad_enabled() and w.requires_grad
-    return bitlinear_train(x, layer.norm.weight, w, layer.norm.eps, cache=cache)
+    return bitlinear_train(x, gain, w, eps, cache=cache)

@@ -7,6 +7,8 @@ with ``x_n = RMSNorm(x) * g`` rounded to ``x``'s dtype (as :func:`matmulfree.lay
 The same kernel serves the fused decode step: ``P`` gains applied to one input (the f/c/g
 projections of an MLGRU share their input but each BitLinear has its own norm gain), an optional
 outer RMSNorm first (the block's pre-norm), and an optional GLU prologue ``SiLU(g) * u``.
+Without a gain (``weight=None``, BitLinears built with ``norm=False``) the inner norm is skipped:
+``x_n = x`` and ``rstd`` is 1.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ def _row_configs() -> list[triton.Config]:
     return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
 
 
-@autotune(_row_configs(), key=["K", "BLOCK_K", "RB", "HAS_OUTER", "GLU"], interpret=triton.Config({}, num_warps=4))
+@autotune(_row_configs(), key=["K", "BLOCK_K", "RB", "HAS_OUTER", "GLU", "NORM"],
+          interpret=triton.Config({}, num_warps=4))  # fmt: skip
 @triton.jit
 def _norm_quant_kernel(
     x_ptr, g_ptr, outer_ptr, q_ptr, sx_ptr, rstd_ptr,
     M, K, stride_xm, stride_gp, stride_qp, stride_qm,
     eps, qeps,
     RB: tl.constexpr, BLOCK_K: tl.constexpr, HAS_OUTER: tl.constexpr, GLU: tl.constexpr,
-    STORE_RSTD: tl.constexpr, DTYPE: tl.constexpr, STE_DTYPE: tl.constexpr,
+    STORE_RSTD: tl.constexpr, DTYPE: tl.constexpr, STE_DTYPE: tl.constexpr, NORM: tl.constexpr,
 ):  # fmt: skip
     """``RB`` rows per program (a ``(RB, BLOCK_K)`` block), projection ``p = program_id(1)``."""
     rows = tl.program_id(0) * RB + tl.arange(0, RB)
@@ -60,9 +63,13 @@ def _norm_quant_kernel(
         g0 = tl.load(outer_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         r0 = tl.rsqrt(tl.sum(x * x, axis=1) / K + eps)
         x = round_to(x * r0[:, None] * g0[None, :], DTYPE)
-    g = tl.load(g_ptr + p * stride_gp + cols, mask=cmask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / K + eps)
-    xn = round_to(x * rstd[:, None] * g[None, :], DTYPE)
+    if NORM:
+        g = tl.load(g_ptr + p * stride_gp + cols, mask=cmask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / K + eps)
+        xn = round_to(x * rstd[:, None] * g[None, :], DTYPE)
+    else:
+        rstd = tl.full((RB,), 1.0, tl.float32)
+        xn = x
     sx = activation_scale(tl.max(tl.abs(xn), axis=1), qeps)
     q = quantize_activation(xn, sx[:, None], STE_DTYPE)
     tl.store(q_ptr + p * stride_qp + rows[:, None].to(tl.int64) * stride_qm + cols[None, :], q.to(tl.int8), mask=mask)
@@ -80,20 +87,22 @@ def rows_per_program(M: int, block: int) -> int:
 
 
 def rmsnorm_quantize(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, ste: bool = True
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float, ste: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused kernel. ``x (M, K)``, gain ``weight (K,)`` -> ``(x_q int8 (M, K), s_x (M,), rstd (M,))``.
+    """Fused kernel. ``x (M, K)``, gain ``weight (K,)`` -> ``(x_q int8 (M, K), s_x (M,), rstd (M,))``;
+    ``weight=None``: no norm, only the quantization (``rstd`` all ones).
 
     ``ste=True`` rounds like the training path (``activation_quantize_ste``: product in ``x``'s
     dtype), ``ste=False`` like the packed inference path (``activation_quantize``: fp32 product).
     """
-    q, sx, rstd = rmsnorm_quantize_multi(x, weight.unsqueeze(0), eps, ste=ste, store_rstd=True)
+    weights = weight.unsqueeze(0) if weight is not None else None
+    q, sx, rstd = rmsnorm_quantize_multi(x, weights, eps, ste=ste, store_rstd=True)
     return q[0], sx[0], rstd[0]
 
 
 def rmsnorm_quantize_multi(
     x: torch.Tensor,
-    weights: torch.Tensor,
+    weights: torch.Tensor | None,
     eps: float,
     outer: torch.Tensor | None = None,
     glu: bool = False,
@@ -106,8 +115,12 @@ def rmsnorm_quantize_multi(
 
     ``outer (K,)``: an RMSNorm gain applied first (output rounded to ``x``'s dtype, like a separate
     :class:`~matmulfree.layers.RMSNorm` module). ``glu``: the input is ``[g | u]`` and the normalised value is
-    ``SiLU(g) * u``. ``out``: preallocated ``(x_q, s_x)`` (for CUDA graphs).
+    ``SiLU(g) * u``. ``out``: preallocated ``(x_q, s_x)`` (for CUDA graphs). ``weights=None``: one
+    projection without an inner norm (``P = 1``).
     """
+    norm = weights is not None
+    if not norm:
+        weights = torch.empty(1, x.shape[-1] // (2 if glu else 1), dtype=torch.float32, device=x.device)
     check_device(x, weights, outer)
     if x.dim() != 2 or weights.dim() != 2:
         raise ValueError(f"rmsnorm_quantize_multi: x must be (M, K), weights (P, K); got {tuple(x.shape)}, "
@@ -134,15 +147,20 @@ def rmsnorm_quantize_multi(
         M, K, x.stride(0), weights.stride(0), q.stride(0), q.stride(1),
         float(eps), QUANT_EPS,
         RB=rb, BLOCK_K=next_pow2(K), HAS_OUTER=outer is not None, GLU=glu, STORE_RSTD=store_rstd,
-        DTYPE=dt, STE_DTYPE=dt if ste else tl.float32,
+        DTYPE=dt, STE_DTYPE=dt if ste else tl.float32, NORM=norm,
     )  # fmt: skip
     return q, sx, (rstd if store_rstd else None)
 
 
 def rmsnorm_quantize_naive(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, ste: bool = True
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float, ste: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plain PyTorch reference of :func:`rmsnorm_quantize` (``matmulfree.layers`` + ``matmulfree.quant``)."""
+    if weight is None:
+        xn = x
+        q, sx = activation_quantize_ste(xn) if ste else activation_quantize(xn)
+        q = q.detach().to(torch.int8)
+        return q, sx.squeeze(-1), torch.ones(x.shape[:-1], dtype=torch.float32, device=x.device)
     xn = rms_norm(x, weight, eps)
     if ste:
         x_int, sx = activation_quantize_ste(xn)

@@ -213,13 +213,13 @@ def packed_matmul_int32(x_q: torch.Tensor, w_packed: torch.Tensor, in_features: 
 
 
 def packed_bitlinear(
-    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w_packed: torch.Tensor, w_scale: torch.Tensor,
+    x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, w_packed: torch.Tensor, w_scale: torch.Tensor,
     in_features: int,
 ) -> torch.Tensor:  # fmt: skip
     """Packed BitLinear forward: ``x (..., K)`` -> ``(..., N)`` in ``x``'s dtype (norm + int8
-    quantization kernel, then the packed GEMV/GEMM)."""
+    quantization kernel, then the packed GEMV/GEMM; ``norm_weight=None``: no inner norm)."""
     x2 = x.reshape(-1, in_features)
-    q, sx, _ = rmsnorm_quantize_multi(x2, norm_weight.unsqueeze(0), eps, ste=False)
+    q, sx, _ = rmsnorm_quantize_multi(x2, None if norm_weight is None else norm_weight.unsqueeze(0), eps, ste=False)
     y = packed_matmul(q, w_packed, sx, w_scale, in_features, out_dtype=x.dtype)
     return y.reshape(*x.shape[:-1], w_packed.shape[0])
 

@@ -153,6 +153,9 @@ class _DecoderBase:
     def __init__(self, model) -> None:
         if model.config.architecture != "matmulfree":
             raise ValueError(f"{type(self).__name__} needs a MatMul-free model, got {model.config.architecture!r}")
+        if not model.config.quantize_activations:
+            raise ValueError(f"{type(self).__name__} computes int8 activations; this model has config field "
+                             "'quantize_activations'=false (run it with the reference model instead)")
         if model.embed.weight.device.type != "cpu":
             raise ValueError(f"{type(self).__name__} runs on the CPU; the model is on {model.embed.weight.device}")
         self.model = model

@@ -70,6 +70,8 @@ def engine_unavailable_reason(model) -> str | None:
     """``None`` when :class:`MLGRUEngine` can run ``model`` here, else why not (one line)."""
     if model.config.architecture != "matmulfree":
         return f"the C engine runs MatMul-free models, not {model.config.architecture!r}"
+    if not model.config.quantize_activations:
+        return "the C engine computes int8 activations; config field 'quantize_activations' is false"
     if model.embed.weight.device.type != "cpu":
         return f"the C engine runs on the CPU; the model is on {model.embed.weight.device}"
     kernel, reason = ckernel.load()

@@ -127,6 +127,9 @@ class MatMulFreeDecoder(_DecoderBase):
 
     def __init__(self, model, batch_size: int = 1) -> None:
         cfg = model.config
+        if not cfg.quantize_activations:
+            raise ValueError("MatMulFreeDecoder computes int8 activations; config field 'quantize_activations' "
+                             "is false (run the model itself instead)")
         bitlinears = [m for m in model.modules() if isinstance(m, BitLinear)]
         if not bitlinears or not all(m.packed for m in bitlinears):
             raise ValueError("MatMulFreeDecoder needs a packed model: call model.pack() first")

@@ -4,6 +4,7 @@ registers every shipped architecture with :mod:`.registry`."""
 from .base import LanguageModel, ModelOutput, next_token_loss
 from .matmulfree import MatMulFreeLM
 from .registry import MODEL_CLASSES, build_model, model_class, register_model
+from .rwkv import RWKVLM, RWKVLayerState
 from .transformer import KVCache, TransformerLM
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "LanguageModel",
     "MatMulFreeLM",
     "ModelOutput",
+    "RWKVLM",
+    "RWKVLayerState",
     "TransformerLM",
     "build_model",
     "model_class",

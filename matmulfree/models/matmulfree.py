@@ -21,9 +21,10 @@ class MatMulFreeBlock(nn.Module):
         super().__init__()
         d, eps, std = config.d_model, config.norm_eps, config.init_std
         self.mixer_norm = RMSNorm(d, eps)
-        self.mixer = MLGRU(d, config.gate, eps, std)
+        qa = config.quantize_activations
+        self.mixer = MLGRU(d, config.gate, eps, std, qa)
         self.mlp_norm = RMSNorm(d, eps)
-        self.mlp = GLU(d, config.intermediate_size, eps, std)
+        self.mlp = GLU(d, config.intermediate_size, eps, std, qa)
 
     def forward(self, x, h0=None, lower_bound=None):
         o, h = self.mixer(self.mixer_norm(x), h0, lower_bound)
@@ -50,7 +51,8 @@ class MatMulFreeLM(LanguageModel):
         self.layers = nn.ModuleList(MatMulFreeBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(d, config.norm_eps)
         if config.ternary_head:
-            self.lm_head = BitLinear(d, config.vocab_size, config.norm_eps, config.init_std)
+            self.lm_head = BitLinear(d, config.vocab_size, config.norm_eps, config.init_std,
+                                     config.quantize_activations)
         else:
             self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         # Forget-gate lower bounds (released form): raw logits per layer and channel.
