@@ -1,11 +1,12 @@
 """Integer-only reference of one RWKV-4 token step with ternary projections: the FPGA contract of
 the ``rwkv`` architecture (``fpga/FORMATS.md`` section 7).
 
-The BitLinear stages (RMSNorm, int8 activations, ternary product, requantization), the embedding
-and the sigmoid table are the MLGRU contract's (:mod:`matmulfree.fpga.intref`); this module adds
-what RWKV-4 needs on top of them, each as a small named function on NumPy ``int64`` arrays with a
-batch dimension ``B`` first:
+The int8 activation quantization, the ternary product, the requantization, the embedding and the
+sigmoid / SiLU / reciprocal / rsqrt tables are the MLGRU contract's (:mod:`matmulfree.fpga.intref`);
+this module adds what RWKV-4 needs on top of them, each as a small named function on NumPy
+``int64`` arrays with a batch dimension ``B`` first:
 
+* :func:`bitlinear_plain` — a BitLinear without inner norm (the RWKV model's projections);
 * :func:`layer_norm` — LayerNorm in fixed point (exact centring, rsqrt table, gain, bias);
 * :func:`shift_mix` — the token shift ``mu * x + (1 - mu) * x_prev``;
 * :func:`wkv_step` — the WKV recurrence in its running-max form ``(aa, bb, pp)`` with ``exp``
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .fixed import bitlength, check_width, fp_norm, i64, normalize16, round_shift, saturate
-from .intref import IntModel, Trace, _rec, bitlinear, embed, head_argmax, requant
+from .intref import IntModel, Trace, _rec, embed, head_argmax, int_quant_act, requant, ternary_matvec
 from .luts import EXP_IN_FRAC, EXP_OUT_FRAC, div_lookup, exp_neg_lut, rsqrt_lut, sigmoid_lut, silu_lut
 
 #: ``P["arch"]`` of an RWKV parameter dict (an MLGRU dict has no ``arch`` key, or 0).
@@ -51,6 +52,7 @@ __all__ = [
     "RWKVIntModel",
     "RWKVState",
     "bitlinear_names",
+    "bitlinear_plain",
     "channel_mix",
     "head",
     "layer_norm",
@@ -63,12 +65,13 @@ __all__ = [
 
 
 def bitlinear_names(n_layers: int, gate: bool) -> list[str]:
-    """Key prefixes of every BitLinear of an RWKV parameter dict, in the order a token meets them."""
+    """Key prefixes of every BitLinear of an RWKV parameter dict (the model's module names), in
+    the order a token meets them."""
     names = []
     for i in range(n_layers):
-        att = ["r_proj", "k_proj", "v_proj"] + (["g_proj"] if gate else []) + ["o_proj"]
+        att = ["receptance", "key", "value"] + (["gate"] if gate else []) + ["output"]
         names += [f"layers.{i}.att.{p}" for p in att]
-        names += [f"layers.{i}.ffn.{p}" for p in ("r_proj", "k_proj", "v_proj")]
+        names += [f"layers.{i}.ffn.{p}" for p in ("receptance", "key", "value")]
     return names + ["lm_head"]
 
 
@@ -104,6 +107,27 @@ def shift_mix(xx, x_prev, mu) -> np.ndarray:
     in Q(ln_frac) (s18) and ``mu (n,)`` s18 Q15 (FORMATS §7.3)."""
     mu = i64(mu)
     return saturate(round_shift(i64(xx) * mu + i64(x_prev) * ((1 << MU_FRAC) - mu), MU_FRAC), MU_BITS)
+
+
+def bitlinear_plain(t, P: dict[str, Any], key: str, trace: Trace = None, check: bool = True):
+    """A BitLinear without inner norm on ``t (B, d_in)`` in its input unit (any width <= 53 bits)
+    (FORMATS §7.1): int8 absmax quantization (:func:`~matmulfree.fpga.intref.int_quant_act`),
+    ternary product, ``acc_s = round_shift(acc, acc_shift)``, ``(q_m, q_e) = fp_norm(a_m2 * k_m)``,
+    ``E = acc_shift + a_e + k_e + q_e``. Returns ``(acc, acc_s, q_m, E)``; the output in its unit
+    is ``acc_s * q_m * 2**E`` (:func:`~matmulfree.fpga.intref.requant`)."""
+    x_q, a_m2, a_e = int_quant_act(t, P["lut.recip"])
+    acc = ternary_matvec(x_q, P[key + ".w"])
+    ash = P[key + ".acc_shift"]
+    acc_s = round_shift(acc, ash)
+    q_m, q_e = fp_norm(a_m2 * int(P[key + ".k_m"]))
+    E = ash + a_e + int(P[key + ".k_e"]) + q_e
+    if check:
+        check_width(key + ".acc", acc, 32)
+        check_width(key + ".acc_s", acc_s, 18)
+    for name, v in (("x_q", x_q), ("a_m2", a_m2), ("a_e", a_e), ("acc", acc), ("acc_s", acc_s), ("q_m", q_m),
+                    ("E", E)):
+        _rec(trace, f"{key}.{name}", v)
+    return acc, acc_s, q_m, E
 
 
 def wkv_divide(num, den, div_table) -> np.ndarray:
@@ -171,29 +195,28 @@ def _act(P):
 
 
 def _proj(t, P, key, trace, check, bits):
-    _, s, m, E = bitlinear(t, P, key, trace, check)
+    _, s, m, E = bitlinear_plain(t, P, key, trace, check)
     return requant(s, m, E, bits)
 
 
 def time_mix(x, st: RWKVState, P: dict[str, Any], i: int, trace: Trace = None, check: bool = True) -> np.ndarray:
     """Time mixing of layer ``i`` (FORMATS §7.5): residual ``x (B, d)`` -> ``x + o``; updates
     ``st.att_x, st.aa, st.bb, st.pp`` in place."""
-    pre = f"layers.{i}.att"
+    pre, ab = f"layers.{i}.att", P["act_bits"]
     xx = layer_norm(x, P, f"layers.{i}.ln1", trace)
-    mk = shift_mix(xx, st.att_x, P[pre + ".mu_k"])
-    mv = shift_mix(xx, st.att_x, P[pre + ".mu_v"])
-    mr = shift_mix(xx, st.att_x, P[pre + ".mu_r"])
-    r = sigmoid_lut(_proj(mr, P, pre + ".r_proj", trace, check, P["act_bits"]), P["lut.sigmoid"], *_act(P))
-    k = _proj(mk, P, pre + ".k_proj", trace, check, P["act_bits"])
-    v = _proj(mv, P, pre + ".v_proj", trace, check, P["act_bits"])
+    mk = shift_mix(xx, st.att_x, P[pre + ".time_mix_k"])
+    mv = shift_mix(xx, st.att_x, P[pre + ".time_mix_v"])
+    mr = shift_mix(xx, st.att_x, P[pre + ".time_mix_r"])
+    r = sigmoid_lut(_proj(mr, P, pre + ".receptance", trace, check, ab), P["lut.sigmoid"], *_act(P))
+    k = _proj(mk, P, pre + ".key", trace, check, ab)
+    v = _proj(mv, P, pre + ".value", trace, check, ab)
     wkv, (st.aa, st.bb, st.pp) = wkv_step(k, v, (st.aa, st.bb, st.pp), P[pre + ".u"], P[pre + ".w"], P)
-    rw = r * wkv  # u16 x s18 -> s34; its per-token scale does not matter (O's RMSNorm removes it)
+    rw = r * wkv  # u16 Q15 x s18 Q(act_frac) -> s34 Q(15 + act_frac)
     if P["rwkv_gate"]:
-        mg = shift_mix(xx, st.att_x, P[pre + ".mu_g"])
-        g = silu_lut(_proj(mg, P, pre + ".g_proj", trace, check, P["act_bits"]), P["lut.silu"], *_act(P))
-        rw = round_shift(rw, 15) * g  # s19 x s18 -> s37
+        g = silu_lut(_proj(xx, P, pre + ".gate", trace, check, ab), P["lut.silu"], *_act(P))
+        rw = round_shift(rw, 15) * g  # s19 x s18 -> s37 Q(2 act_frac)
         _rec(trace, pre + ".g", g)
-    o = _proj(rw, P, pre + ".o_proj", trace, check, P["res_bits"])
+    o = _proj(rw, P, pre + ".output", trace, check, P["res_bits"])
     st.att_x = xx
     x_new = saturate(i64(x) + o, P["res_bits"])
     for name, val in (("xx", xx), ("mix_k", mk), ("mix_v", mv), ("mix_r", mr), ("r", r), ("k", k), ("v", v),
@@ -210,15 +233,14 @@ def time_mix(x, st: RWKVState, P: dict[str, Any], i: int, trace: Trace = None, c
 def channel_mix(x, st: RWKVState, P: dict[str, Any], i: int, trace: Trace = None, check: bool = True) -> np.ndarray:
     """Channel mixing of layer ``i`` (FORMATS §7.6): ``x + r * V(relu(K(mix_k))^2)``; updates
     ``st.ffn_x`` in place."""
-    pre = f"layers.{i}.ffn"
+    pre, ab = f"layers.{i}.ffn", P["act_bits"]
     xx = layer_norm(x, P, f"layers.{i}.ln2", trace)
-    mk = shift_mix(xx, st.ffn_x, P[pre + ".mu_k"])
-    mr = shift_mix(xx, st.ffn_x, P[pre + ".mu_r"])
-    r = sigmoid_lut(_proj(mr, P, pre + ".r_proj", trace, check, P["act_bits"]), P["lut.sigmoid"], *_act(P))
-    _, ks, _, _ = bitlinear(mk, P, pre + ".k_proj", trace, check)  # s18, per-token scale dropped
-    kr = np.maximum(ks, 0)
-    k2 = kr * kr  # u34
-    vk = _proj(k2, P, pre + ".v_proj", trace, check, P["res_bits"])
+    mk = shift_mix(xx, st.ffn_x, P[pre + ".time_mix_k"])
+    mr = shift_mix(xx, st.ffn_x, P[pre + ".time_mix_r"])
+    r = sigmoid_lut(_proj(mr, P, pre + ".receptance", trace, check, ab), P["lut.sigmoid"], *_act(P))
+    kr = np.maximum(_proj(mk, P, pre + ".key", trace, check, ab), 0)
+    k2 = kr * kr  # u34 Q(2 act_frac)
+    vk = _proj(k2, P, pre + ".value", trace, check, P["res_bits"])
     out = round_shift(r * vk, 15)  # u16 x s24 -> s40 -> residual units
     st.ffn_x = xx
     x_new = saturate(i64(x) + out, P["res_bits"])
@@ -230,8 +252,8 @@ def channel_mix(x, st: RWKVState, P: dict[str, Any], i: int, trace: Trace = None
 
 def head(x, P: dict[str, Any], trace: Trace = None, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Output LayerNorm + ternary head (FORMATS §7.7): ``(logits (B, V) Q(logit_frac), token (B,))``."""
-    t = layer_norm(x, P, "ln_out", trace)
-    acc, s, m, E = bitlinear(t, P, "lm_head", trace, check)
+    t = layer_norm(x, P, "norm", trace)
+    acc, s, m, E = bitlinear_plain(t, P, "lm_head", trace, check)
     logits = requant(s, m, E, P["logit_bits"])
     token = head_argmax(acc)
     _rec(trace, "logits", logits)
@@ -252,7 +274,7 @@ class RWKVIntModel(IntModel):
         if P.get("arch") != ARCH_RWKV:
             raise KeyError(f"RWKVIntModel: parameter dict is not an RWKV one (arch={P.get('arch')!r}, "
                            f"expected {ARCH_RWKV})")
-        need = ["format_version", "d_model", "n_layers", "rwkv_gate", "lut.exp_hi", "lut.div", "emb.q", "ln_out.gain"]
+        need = ["format_version", "d_model", "n_layers", "rwkv_gate", "lut.exp_hi", "lut.div", "emb.q", "norm.gain"]
         missing = [k for k in need if k not in P]
         missing += [n + ".w" for n in bitlinear_names(P.get("n_layers", 0), bool(P.get("rwkv_gate")))
                     if n + ".w" not in P]
@@ -290,8 +312,8 @@ def memory_bits(P: dict[str, Any]) -> dict[str, int]:
     gate = bool(P["rwkv_gate"])
     names = bitlinear_names(L, gate)
     weights = sum(2 * P[n + ".d_in"] * P[n + ".d_out"] for n in names)
-    gains = 16 * (sum(P[n + ".d_in"] for n in names) + (2 * L + 1) * d)
-    biases_mixes = 18 * ((2 * L + 1) * d + L * d * (5 + int(gate)))
+    gains = 16 * (2 * L + 1) * d  # LayerNorm gains
+    biases_mixes = 18 * ((2 * L + 1) * d + 5 * L * d)  # LayerNorm biases, token-shift mixes
     decay_bonus = EXP_BITS * 2 * L * d
     consts = len(names) * (17 + 8 + 4) + (2 * L + 1) * (17 + 8)
     lb = P["lut_bits"]

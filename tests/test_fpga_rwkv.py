@@ -153,3 +153,85 @@ def test_wkv_params_limits():
         convert_rwkv.wkv_params("layers.0.att", np.array([0.0]), np.array([0.0]))
     assert math.isclose(convert_rwkv.layer_norm_params("n", np.ones(16), np.zeros(16), 11, 18)["n.gain_scale"],
                         32767.0)
+
+
+# --------------------------------------------------------------------------- whole model vs float
+def _rwkv_config(**kw):
+    import matmulfree
+
+    return matmulfree.preset("fpga", architecture="rwkv", d_model=64, n_layers=2, intermediate_size=128, **kw)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "gate"])
+def trained_rwkv(request):
+    """A small RWKV-4 trained for 60 steps on a learnable byte text, converted with calibration."""
+    import torch
+
+    from tests.test_fpga_intref import _text_ids, _train
+
+    torch.set_num_threads(1)
+    model = _train(_rwkv_config(rwkv_gate=request.param))
+    data = _text_ids(4000, 123)
+    return model, convert_rwkv.convert(model, calib_ids=data[None, :256]), data
+
+
+def test_integer_rwkv_close_to_float(trained_rwkv):
+    from matmulfree.fpga import fidelity
+
+    model, P, data = trained_rwkv
+    assert P["arch"] == intref_rwkv.ARCH_RWKV and P["rwkv_gate"] == int(model.config.rwkv_gate)
+    im = intref_rwkv.RWKVIntModel(P)
+    r = fidelity.perplexity(model, im, np.stack([data[i * 96:(i + 1) * 96] for i in range(4)]))
+    assert r["ppl_float"] < 4, r  # learned the text (uniform: 256)
+    assert abs(r["ppl_rel_change"]) < 0.01, r
+    assert r["logit_rel_err"] < 0.02, r
+    assert r["argmax_agreement"] > 0.97, r
+    g = fidelity.greedy_agreement(model, im, np.stack([data[:8], data[50:58]]), 32)
+    assert g["teacher_forced_agreement"] >= 0.95, g
+
+
+def test_rwkv_trace_widths_and_state(trained_rwkv):
+    _, P, data = trained_rwkv
+    im = intref_rwkv.RWKVIntModel(P)
+    state = im.init_state(1)
+    for t in range(6):
+        _, _, state = im.step(data[t:t + 1], state)
+    before = [vars(s).copy() for s in state]
+    tr = im.trace_token(int(data[6]), state)
+    for s, b in zip(state, before):  # step() leaves the state passed in untouched
+        for k, v in b.items():
+            np.testing.assert_array_equal(getattr(s, k), v)
+    logits, token, new = im.step(data[6:7], state)
+    np.testing.assert_array_equal(tr["logits"], logits)
+    for i in range(P["n_layers"]):
+        a = f"layers.{i}.att"
+        assert fixed.fits(tr[f"layers.{i}.ln1.y"], 18) and fixed.fits(tr[a + ".wkv"], 18)
+        assert fixed.fits(tr[a + ".pp"], intref_rwkv.EXP_BITS) and (tr[a + ".bb"] >= 1 << 15).all()
+        assert fixed.fits(tr[a + ".r"], 16, signed=False) and fixed.fits(tr[f"layers.{i}.ffn.k2"], 34, signed=False)
+        np.testing.assert_array_equal(new[i].att_x, tr[f"layers.{i}.ln1.y"])
+        np.testing.assert_array_equal(new[i].ffn_x, tr[f"layers.{i}.ln2.y"])
+    for n in intref_rwkv.bitlinear_names(P["n_layers"], bool(P["rwkv_gate"])):
+        assert fixed.fits(tr[n + ".x_q"], 8) and (tr[n + ".E"] < 0).all(), n
+    # Rows are independent and carrying the state equals one long sequence.
+    ids = np.stack([data[:12], data[40:52]])
+    full = im.sequence_logits(ids)
+    np.testing.assert_array_equal(im.sequence_logits(ids[1:])[0], full[1])
+    mem = intref_rwkv.memory_bits(P)
+    n_w = sum(P[n + ".d_in"] * P[n + ".d_out"] for n in intref_rwkv.bitlinear_names(2, bool(P["rwkv_gate"])))
+    assert mem["weights"] == 2 * n_w and mem["total"] == sum(v for k, v in mem.items() if k != "total")
+
+
+def test_rwkv_converter_rejects_unsupported():
+    import matmulfree
+
+    with pytest.raises(ConversionError, match="ternary_head"):
+        convert_rwkv.convert(matmulfree.build_model(_rwkv_config(ternary_head=False)))
+    with pytest.raises(ConversionError, match="quantize_activations"):
+        convert_rwkv.convert(matmulfree.build_model(_rwkv_config(quantize_activations=False)))
+    with pytest.raises(ConversionError, match="expected an 'rwkv' model"):
+        convert_rwkv.convert(matmulfree.build_model(matmulfree.preset("fpga", d_model=64, n_layers=1)))
+    model = matmulfree.build_model(_rwkv_config())
+    with pytest.raises(ConversionError, match="unknown format parameter"):
+        convert_rwkv.convert(model, ln_fraction=3)
+    with pytest.raises(KeyError, match="not an RWKV"):
+        intref_rwkv.RWKVIntModel({"d_model": 4})
