@@ -180,6 +180,36 @@ BL_QUANT:
     sc.E = ASH + (e - 12) + r_e + k_e + p_e + q_e;
 }
 
+// A BitLinear without inner norm (RWKV's projections, fpga/FORMATS.md 7.1) on an input t in its
+// own unit: int8 absmax quantization (reciprocal table), ternary product, accumulator shift and
+// output scale (q_m, E) with acc_s * q_m * 2^E in the output unit.
+template <int DIN, int DOUT, int ASH, typename TIN>
+void bitlinear_plain(const TIN t[DIN], uint32_t k_m, int32_t k_e, MMF_WEIGHTS(DOUT, (DIN + 15) / 16),
+                     int32_t acc[DOUT], int32_t acc_s[DOUT], Scale &sc) {
+    constexpr int W = (DIN + 15) / 16;
+    int8_t xq[W * 16];
+#pragma HLS ARRAY_PARTITION variable=xq cyclic factor=16
+    int64_t recip, m;
+    int e;
+    mmf::recip_lookup(static_cast<int64_t>(max_abs<DIN>(t)), MMF_RECIP, recip, m, e);
+BLP_QUANT:
+    for (int i = 0; i < W * 16; ++i) {
+#pragma HLS PIPELINE II=1
+        if (i < DIN) {
+            const int64_t z2 = saturate(round_shift(t[i], e - 17), 18);
+            xq[i] = static_cast<int8_t>(saturate(round_shift(z2 * recip, 26), 8));
+        } else {
+            xq[i] = 0;
+        }
+    }
+    ternary_matvec<DOUT, W, ASH>(xq, MMF_WFWD, acc, acc_s);
+    int64_t q_m;
+    int q_e;
+    mmf::fp_norm((2 * m + 1) * static_cast<int64_t>(k_m), q_m, q_e);
+    sc.q_m = q_m;
+    sc.E = ASH + (e - 12) + k_e + q_e;
+}
+
 // ------------------------------------------------------------------ loading the parameter blob
 inline int32_t s16(uint32_t u) { return static_cast<int32_t>(u & 0xFFFFu) - ((u & 0x8000u) ? 65536 : 0); }
 inline int32_t s8(uint32_t u) { return static_cast<int32_t>(u & 0xFFu) - ((u & 0x80u) ? 256 : 0); }
