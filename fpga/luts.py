@@ -17,6 +17,13 @@ RECIP_BITS, RECIP_FRAC = 10, 20
 RSQRT_LO, RSQRT_HI, RSQRT_FRAC = 256, 1024, 21
 #: Sigmoid outputs are unsigned Q15 (``32768`` is 1.0).
 SIG_FRAC = 15
+#: RWKV exponent domain: ``exp`` arguments are Q(EXP_IN_FRAC); ``exp`` values are Q(EXP_OUT_FRAC).
+EXP_IN_FRAC, EXP_OUT_FRAC = 16, 16
+#: Two-level ``exp(-n)`` table: index step ``2**-EXP_STEP_FRAC``, low table ``2**EXP_LO_BITS``
+#: entries (fine steps), high table ``EXP_HI_ENTRIES`` entries (coarse steps, range [0, 16)).
+EXP_STEP_FRAC, EXP_LO_BITS, EXP_HI_ENTRIES = 10, 5, 512
+#: Division table: index ``m - 1024`` for an 11-bit mantissa ``m``; ``DIV[i] ~ 2**27 / m``.
+DIV_FRAC = 27
 
 
 def make_recip_table() -> np.ndarray:
@@ -29,6 +36,51 @@ def make_rsqrt_table() -> np.ndarray:
     """``RSQRT[i] = round(2**21 / sqrt(256 + i + 0.5))``, 768 entries, in [65552, 130944]."""
     ms = np.arange(RSQRT_LO, RSQRT_HI, dtype=np.float64) + 0.5
     return np.floor(2.0**RSQRT_FRAC / np.sqrt(ms) + 0.5).astype(np.int64)
+
+
+def make_exp_tables() -> tuple[np.ndarray, np.ndarray]:
+    """``(EXP_HI, EXP_LO)``: ``EXP_HI[i] = round(exp(-i * 2**-5) * 2**16)`` (512 entries, in
+    [0, 65536]) and ``EXP_LO[i] = round(exp(-i * 2**-10) * 2**16)`` (32 entries, in [63535, 65536])."""
+    hi = np.arange(EXP_HI_ENTRIES, dtype=np.float64) * 2.0 ** (EXP_LO_BITS - EXP_STEP_FRAC)
+    lo = np.arange(1 << EXP_LO_BITS, dtype=np.float64) * 2.0**-EXP_STEP_FRAC
+    one = 2.0**EXP_OUT_FRAC
+    return np.floor(np.exp(-hi) * one + 0.5).astype(np.int64), np.floor(np.exp(-lo) * one + 0.5).astype(np.int64)
+
+
+def make_div_table() -> np.ndarray:
+    """``DIV[i] = round(2**27 / (1024 + i + 0.5))``, 1024 entries, in [65552, 131008]."""
+    m = np.arange(1 << RECIP_BITS, dtype=np.float64) + (1 << RECIP_BITS) + 0.5
+    return np.floor(2.0**DIV_FRAC / m + 0.5).astype(np.int64)
+
+
+def exp_neg_lut(n, exp_hi, exp_lo) -> np.ndarray:
+    """``exp(-n)`` in unsigned Q16 (``65536`` is 1.0) for ``n >= 0`` in Q16.
+
+    ``j = round_shift(n, 6)`` (steps of ``2**-10``), ``hi = j >> 5``, ``lo = j & 31``;
+    ``0`` if ``hi >= 512`` (``n >= 16``), else ``round_shift(EXP_HI[hi] * EXP_LO[lo], 16)``
+    (u17 x u17).
+    """
+    n = i64(n)
+    if n.size and int(n.min()) < 0:
+        raise ValueError(f"exp_neg_lut: argument must be >= 0, got {int(n.min())}")
+    j = round_shift(n, EXP_IN_FRAC - EXP_STEP_FRAC)
+    hi, lo = j >> EXP_LO_BITS, j & ((1 << EXP_LO_BITS) - 1)
+    inside = hi < EXP_HI_ENTRIES
+    prod = i64(exp_hi)[np.where(inside, hi, 0)] * i64(exp_lo)[lo]
+    return np.where(inside, round_shift(prod, EXP_OUT_FRAC), 0)
+
+
+def div_lookup(a, table) -> tuple[np.ndarray, np.ndarray]:
+    """For a positive integer ``a``: ``e = bitlength(a)``, 11-bit mantissa ``m = a >> (e - 11)``
+    (truncating; ``a << (11 - e)`` when ``e < 11``) and ``DIV[m - 1024]``, so that
+    ``1 / a ~= DIV[m - 1024] * 2**(-16 - e)``. Returns ``(div, e)``; ``a == 0`` gives ``e = 0``
+    (callers zero the quotient)."""
+    a = i64(a)
+    e = bitlength(a)
+    sh = e - (RECIP_BITS + 1)
+    m = np.where(sh >= 0, np.right_shift(a, np.maximum(sh, 0)), np.left_shift(a, np.maximum(-sh, 0)))
+    m = np.where(a == 0, 1 << RECIP_BITS, m)
+    return i64(table)[m - (1 << RECIP_BITS)], e
 
 
 def lut_grid(lut_bits: int, lut_frac: int) -> np.ndarray:
@@ -112,6 +164,10 @@ def rsqrt_lut(s, table) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = [
+    "div_lookup",
+    "exp_neg_lut",
+    "make_div_table",
+    "make_exp_tables",
     "make_recip_table",
     "make_rsqrt_table",
     "make_sigmoid_table",

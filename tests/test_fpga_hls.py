@@ -65,7 +65,7 @@ def test_export_folder_contents(exported):
     model, out = exported
     for rel in EXPORT_FILES:
         assert (out / rel).is_file(), rel
-    kernel = (out / "firmware/mmf_kernel.cpp").read_text()
+    kernel = (out / "firmware/mmf_kernel.cpp").read_text() + (out / "firmware/mmf_bitlinear.h").read_text()
     for pragma in ("INTERFACE m_axi port=params", "INTERFACE s_axilite port=return", "PIPELINE II=1", "UNROLL",
                    "ARRAY_PARTITION", "DATAFLOW", "BIND_STORAGE"):
         assert f"#pragma HLS {pragma}" in kernel, pragma

@@ -55,12 +55,12 @@ def convert_checkpoint(checkpoint: str, calib_text: str | None = None) -> dict[s
     """Load a checkpoint folder and convert it to the integer parameter dict."""
     import matmulfree
 
+    from ..arch import convert_model
     from ..convert import ConversionError, calibration_ids_from_text
-    from ..intref import convert
 
     model = matmulfree.load_model(checkpoint).eval()
     try:
-        return convert(model, calib_ids=calibration_ids_from_text(calib_text, model.config.vocab_size))
+        return convert_model(model, calib_ids=calibration_ids_from_text(calib_text, model.config.vocab_size))
     except ConversionError as e:
         raise _cli_error()(str(e)) from None
 

@@ -2,7 +2,8 @@
 
 ``export_vitis(P, out, ExportOptions(...))`` writes::
 
-    firmware/  mmf_kernel.cpp / .h (kernel), mmf_arith.h (integer primitives),
+    firmware/  mmf_kernel.cpp / .h (kernel), mmf_arith.h (integer primitives), mmf_bitlinear.h
+               (BitLinear, table lookups, blob decoders; shared by the architectures' kernels),
                mmf_params.h (sizes, formats, blob offsets), mmf_tables.h (lookup-table ROMs)
     weights/   mmf_weights.bin (blob a host loads over AXI), mmf_weights.h (same words as a C
                initializer), manifest.json (sections), params.npz (the integer parameter dict)
@@ -23,23 +24,29 @@ from typing import Any
 import numpy as np
 
 from ..convert import export_params
-from . import cgen
+from . import cgen, cgen_rwkv
 from .golden import DEFAULT_PROMPT, prompt_ids, reference_sequence
 from .layout import BlobLayout
+from .layout_rwkv import RWKVLayout
 from .resources import (
     DEFAULT_CLOCK_MHZ,
     DEFAULT_PART,
     MemoryFitError,
     check_fit,
     cycles_per_token,
+    cycles_per_token_rwkv,
     get_part,
+    is_rwkv,
     kernel_memory_bits,
     weight_memory_blocks,
 )
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: Kernel source template of each architecture (written as ``firmware/mmf_kernel.cpp``).
+KERNEL_TEMPLATES = {"matmulfree": "firmware/mmf_kernel.cpp", "rwkv": "firmware/rwkv_kernel.cpp"}
 #: Template files copied (with ``@@NAME@@`` substitution) into the export folder.
-TEMPLATE_FILES = ("firmware/mmf_kernel.cpp", "firmware/mmf_kernel.h", "firmware/mmf_arith.h", "tb/tb_mmf.cpp",
+TEMPLATE_FILES = ("firmware/mmf_kernel.cpp", "firmware/mmf_kernel.h", "firmware/mmf_arith.h",
+                  "firmware/mmf_bitlinear.h", "tb/tb_mmf.cpp",
                   "scripts/run_hls.tcl", "scripts/Makefile", "scripts/link.cfg", "scripts/host.cpp")
 #: Every file an export folder holds (the C-simulation and the tests check these).
 EXPORT_FILES = TEMPLATE_FILES + ("firmware/mmf_params.h", "firmware/mmf_tables.h", "weights/mmf_weights.bin",
@@ -111,26 +118,37 @@ def export_vitis(P: dict[str, Any], out: str | Path, opts: ExportOptions | None 
         raise ExportError(str(e.args[0]) if e.args else str(e)) from None
     platform = opts.platform or part.platform
     out = Path(out)
-    lay = BlobLayout(P)
+    rwkv = is_rwkv(P)
+    lay = RWKVLayout(P) if rwkv else BlobLayout(P)
     blob = lay.pack()
     prompt = prompt_ids(opts.tb_prompt, P["vocab_size"], opts.tb_tokens)
     tokens, logits = reference_sequence(P, prompt, opts.tb_tokens)
 
     mem = kernel_memory_bits(P, opts.stream_weights)
     impl = "uram" if part.uram and mem["weights"] > part.bram36 * 36 * 1024 // 4 else "bram"
-    cyc = cycles_per_token(P, opts.row_parallel, opts.stream_weights, opts.dataflow)
+    if rwkv:
+        cyc = cycles_per_token_rwkv(P, opts.row_parallel, opts.stream_weights)
+    else:
+        cyc = cycles_per_token(P, opts.row_parallel, opts.stream_weights, opts.dataflow)
     values = {
         "PART": part.name, "CLOCK_MHZ": f"{opts.clock_mhz:g}", "PERIOD_NS": f"{1000.0 / opts.clock_mhz:.3f}",
         "PLATFORM": platform or "SET_PLATFORM_HERE", "BLOB_WORDS": lay.total_words, "TB_TOKENS": opts.tb_tokens,
         "LOGITS_DEPTH": opts.tb_tokens * P["vocab_size"], "ROW_PAR": opts.row_parallel, "WEIGHT_IMPL": impl,
         "COSIM_STEPS": min(4, opts.tb_tokens),
     }
+    arch = "rwkv" if rwkv else "matmulfree"
     for rel in TEMPLATE_FILES:
-        _write(out / rel, render((TEMPLATES / rel).read_text(), values, rel))
-    _write(out / "firmware/mmf_params.h", cgen.params_header(
-        P, lay, stream_weights=opts.stream_weights, row_par=opts.row_parallel, dataflow=opts.dataflow,
-        tb_tokens=opts.tb_tokens))
-    _write(out / "firmware/mmf_tables.h", cgen.tables_header(P))
+        src = KERNEL_TEMPLATES[arch] if rel == "firmware/mmf_kernel.cpp" else rel
+        _write(out / rel, render((TEMPLATES / src).read_text(), values, src))
+    if rwkv:
+        _write(out / "firmware/mmf_params.h", cgen_rwkv.params_header(
+            P, lay, stream_weights=opts.stream_weights, row_par=opts.row_parallel, tb_tokens=opts.tb_tokens))
+        _write(out / "firmware/mmf_tables.h", cgen_rwkv.tables_header(P))
+    else:
+        _write(out / "firmware/mmf_params.h", cgen.params_header(
+            P, lay, stream_weights=opts.stream_weights, row_par=opts.row_parallel, dataflow=opts.dataflow,
+            tb_tokens=opts.tb_tokens))
+        _write(out / "firmware/mmf_tables.h", cgen.tables_header(P))
     _write(out / "weights/mmf_weights.bin", blob.astype("<u4").tobytes())
     _write(out / "weights/mmf_weights.h", cgen.weights_header(lay, blob))
     _write(out / "weights/manifest.json", json.dumps(
@@ -141,10 +159,11 @@ def export_vitis(P: dict[str, Any], out: str | Path, opts: ExportOptions | None 
 
     summary: dict[str, Any] = {
         "source": source,
-        "model": {k: P[k] for k in ("d_model", "n_layers", "vocab_size", "hidden", "gate_released",
-                                    "forget_lower_bound", "format_version")},
+        "model": {"architecture": arch, **{k: P[k] for k in (
+            "d_model", "n_layers", "vocab_size", "hidden", "gate_released", "forget_lower_bound", "rwkv_gate",
+            "format_version") if k in P}},
         "formats": {k: P[k] for k in ("act_frac", "act_bits", "lut_bits", "lut_frac", "res_shift", "res_bits",
-                                      "logit_frac", "logit_bits")},
+                                      "logit_frac", "logit_bits", "ln_frac") if k in P},
         "options": {**asdict(opts), "platform": platform},
         "part": {"name": part.name, "board": part.board, "bram36": part.bram36, "uram": part.uram,
                  "dsp": part.dsp, "lut": part.lut, "onchip_bits": part.onchip_bits, "capacity": part.describe()},
@@ -192,10 +211,24 @@ def readme(s: dict[str, Any]) -> str:
                    f"(compiler warnings: {csim['warnings']}).")
     else:
         verdict = "not run yet: run `matmulfree fpga csim .` (needs only g++)."
+    if m.get("architecture") == "rwkv":
+        model_line = (f"RWKV-4 with ternary projections: d = {m['d_model']}, {m['n_layers']} layers, vocabulary "
+                      f"{m['vocab_size']}, channel-mixing width {m['hidden']}, output gate: "
+                      f"{'silu(G x)' if m['rwkv_gate'] else 'none'}.")
+        kernel = ("one RWKV-4 token step per loop iteration (fixed-point LayerNorm, token shift, WKV recurrence "
+                  "with exp and division by table, channel mixing)")
+        tables = "reciprocal, 1/sqrt, sigmoid, SiLU, exp (two levels) and division tables (ROM)"
+    else:
+        gate = "released (RMSNorm(g)·SiLU(h))" if m["gate_released"] else "paper (g·σ(h))"
+        model_line = (f"MLGRU + GLU: d = {m['d_model']}, {m['n_layers']} layers, vocabulary {m['vocab_size']}, GLU "
+                      f"hidden {m['hidden']}, gate {gate}, forget lower bound: "
+                      f"{'yes' if m['forget_lower_bound'] else 'no'}.")
+        kernel = "one MLGRU + GLU token step per loop iteration"
+        tables = "reciprocal, 1/sqrt, sigmoid and SiLU tables (ROM)"
     values = {
-        "SOURCE": s["source"] or "(parameter dict)", "D": m["d_model"], "L": m["n_layers"], "V": m["vocab_size"],
-        "H": m["hidden"], "GATE": "released (RMSNorm(g)·SiLU(h))" if m["gate_released"] else "paper (g·σ(h))",
-        "LB": "yes" if m["forget_lower_bound"] else "no", "PART": pt["name"], "BOARD": pt["board"],
+        "SOURCE": s["source"] or "(parameter dict)", "MODEL_LINE": model_line, "KERNEL": kernel, "TABLES": tables,
+        "INTREF": "matmulfree.fpga.intref_rwkv" if m.get("architecture") == "rwkv" else "matmulfree.fpga.intref",
+        "DATAFLOW": "" if m.get("architecture") == "rwkv" else ", DATAFLOW", "PART": pt["name"], "BOARD": pt["board"],
         "PLATFORM": o["platform"] or "(none: pass PLATFORM=...)", "CLOCK_MHZ": f"{o['clock_mhz']:g}",
         "MODE": "streamed from DRAM over m_axi at every token (--stream-weights)" if o["stream_weights"]
         else "on chip (copied once from DRAM by the LOAD call)",

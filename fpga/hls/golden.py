@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..intref import IntModel
+from ..arch import int_model
 
 DEFAULT_PROMPT = "ROMEO.\nBut, soft! what light through yonder window breaks?\n"
 
@@ -20,11 +20,12 @@ def prompt_ids(text: str, vocab: int, steps: int) -> np.ndarray:
 
 
 def reference_sequence(P: dict[str, Any], prompt: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``steps`` token steps of :class:`IntModel` (width checks on): the prompt tokens first,
-    then each step fed with the previous argmax. Returns ``(tokens (steps,), logits (steps, V))``."""
+    """Run ``steps`` token steps of the integer model of ``P`` (MLGRU or RWKV, width checks on):
+    the prompt tokens first, then each step fed with the previous argmax.
+    Returns ``(tokens (steps,), logits (steps, V))``."""
     if steps < 1 or len(prompt) < 1:
         raise ValueError(f"need at least one step and one prompt token, got steps={steps}, prompt={len(prompt)}")
-    im = IntModel(P, check=True)
+    im = int_model(P, check=True)
     state = im.init_state(1)
     tokens, logits = [], []
     tok = int(prompt[0])

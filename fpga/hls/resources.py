@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import intref_rwkv
 from ..intref import memory_bits
 from .layout import PROJ, WEIGHTS_PER_WORD, words_for
 
@@ -77,8 +78,19 @@ def get_part(name: str, onchip_bits: int | None = None) -> Part:
     return Part(name, "user-specified part", 0, 0, 0, 0, None, onchip_bits)
 
 
+def is_rwkv(P: dict[str, Any]) -> bool:
+    """Whether ``P`` is an RWKV parameter dict (``intref_rwkv``) rather than an MLGRU one."""
+    return P.get("arch") == intref_rwkv.ARCH_RWKV
+
+
+def _rwkv_bitlinears(P: dict[str, Any]) -> list[str]:
+    return intref_rwkv.bitlinear_names(P["n_layers"], bool(P["rwkv_gate"]))
+
+
 def weight_bits_padded(P: dict[str, Any]) -> int:
     """Bits of the ternary weights as the kernel stores them: rows padded to 32-bit words."""
+    if is_rwkv(P):
+        return 32 * sum(P[n + ".d_out"] * words_for(P[n + ".d_in"], WEIGHTS_PER_WORD) for n in _rwkv_bitlinears(P))
     d, hid, V, L = P["d_model"], P["hidden"], P["vocab_size"], P["n_layers"]
     wd, wh = words_for(d, WEIGHTS_PER_WORD), words_for(hid, WEIGHTS_PER_WORD)
     per_layer = 4 * d * wd + 2 * hid * wd + d * wh
@@ -88,7 +100,7 @@ def weight_bits_padded(P: dict[str, Any]) -> int:
 def kernel_memory_bits(P: dict[str, Any], stream_weights: bool) -> dict[str, int]:
     """On-chip bits of the kernel: the integer model's figure (:func:`intref.memory_bits`) with
     the weights padded to whole words, or moved off chip when streaming."""
-    b = {k: v for k, v in memory_bits(P).items() if k != "total"}
+    b = {k: v for k, v in (intref_rwkv.memory_bits(P) if is_rwkv(P) else memory_bits(P)).items() if k != "total"}
     b["weights"] = 0 if stream_weights else weight_bits_padded(P)
     b["total"] = sum(b.values())
     return b
@@ -112,9 +124,10 @@ def check_fit(P: dict[str, Any], part: Part, stream_weights: bool) -> dict[str, 
         return info
     cap = f"{part.name} has {_fmt(avail)} bits ({part.describe()})"
     if stream_weights:
+        gains = need.get("norm_gains_and_bounds", need.get("norm_gains_biases_mixes", 0))
         raise MemoryFitError(
             f"even with --stream-weights the kernel needs {_fmt(need['total'])} bits of on-chip memory "
-            f"(embedding {_fmt(need['embedding'])}, gains {_fmt(need['norm_gains_and_bounds'])}, tables, state, "
+            f"(embedding {_fmt(need['embedding'])}, gains {_fmt(gains)}, tables, state, "
             f"buffers) but {cap}; choose a larger part or a smaller model")
     raise MemoryFitError(
         f"the model needs {_fmt(need['total'])} bits of on-chip memory (ternary weights {_fmt(on_chip['weights'])} "
@@ -156,13 +169,41 @@ def cycles_per_token(P: dict[str, Any], row_par: int, stream_weights: bool, data
             "weights_per_cycle": WEIGHTS_PER_WORD * rp, "fcg_concurrent": int(concurrent)}
 
 
+def cycles_per_token_rwkv(P: dict[str, Any], row_par: int, stream_weights: bool) -> dict[str, int]:
+    """Modelled clock cycles of one RWKV token step, as :func:`cycles_per_token`: every pipelined
+    loop at II=1 plus :data:`LOOP_OVERHEAD`, the projections one after another."""
+    d, hid, V, L = P["d_model"], P["hidden"], P["vocab_size"], P["n_layers"]
+    rp = 1 if stream_weights else row_par
+    ln = 4 * d + 4 * LOOP_OVERHEAD + 20  # max, centre, normalize + sum of squares, output
+
+    def proj(din: int, dout: int) -> int:  # max|t|, quantize, matvec, requantize
+        quant = din + 16 * words_for(din, WEIGHTS_PER_WORD)
+        return quant + _matvec_cycles(din, dout, rp) + dout + 4 * LOOP_OVERHEAD + 20
+
+    gate = bool(P["rwkv_gate"])
+    att = ln + d + LOOP_OVERHEAD + 4 * proj(d, d) + 2 * (d + LOOP_OVERHEAD)
+    att += proj(d, d) + d + LOOP_OVERHEAD if gate else 0
+    ffn = ln + d + LOOP_OVERHEAD + proj(d, d) + proj(d, hid) + hid + proj(hid, d) + d + 3 * LOOP_OVERHEAD
+    head = ln + proj(d, V)
+    total = d + L * (att + ffn) + head + V + 2 * LOOP_OVERHEAD
+    names = _rwkv_bitlinears(P)
+    lower = sum(_matvec_cycles(P[n + ".d_in"], P[n + ".d_out"], rp) for n in names)
+    weights = sum(P[n + ".d_in"] * P[n + ".d_out"] for n in names)
+    return {"cycles_per_token": total, "ternary_weights_per_token": weights, "lower_bound_cycles": lower,
+            "weights_per_cycle": WEIGHTS_PER_WORD * rp, "fcg_concurrent": 0}
+
+
 def weight_memory_blocks(P: dict[str, Any], row_par: int, impl: str) -> int:
     """Blocks (BRAM36 as 1K x 36, or URAM as 4K x 72) holding the weight arrays with their
     cyclic row partitioning; one 32-bit word per address."""
     d, hid, V, L = P["d_model"], P["hidden"], P["vocab_size"], P["n_layers"]
     wd, wh = words_for(d, WEIGHTS_PER_WORD), words_for(hid, WEIGHTS_PER_WORD)
     depth = 4096 if impl == "uram" else 1024
-    arrays = [(L * d * wd, d)] * 4 + [(L * 2 * hid * wd, 2 * hid), (L * d * wh, d), (V * wd, V)]
+    if is_rwkv(P):  # receptance, key, value[, gate], output, ffn receptance: d rows; ffn key, ffn value, head
+        n_dd = 5 + int(bool(P["rwkv_gate"]))
+        arrays = [(L * d * wd, d)] * n_dd + [(L * hid * wd, hid), (L * d * wh, d), (V * wd, V)]
+    else:
+        arrays = [(L * d * wd, d)] * 4 + [(L * 2 * hid * wd, 2 * hid), (L * d * wh, d), (V * wd, V)]
     blocks = 0
     for words, rows in arrays:
         rp = row_par if rows % row_par == 0 else 1
@@ -171,4 +212,5 @@ def weight_memory_blocks(P: dict[str, Any], row_par: int, impl: str) -> int:
 
 
 __all__ = ["DEFAULT_CLOCK_MHZ", "DEFAULT_PART", "PARTS", "MemoryFitError", "Part", "check_fit", "cycles_per_token",
-           "get_part", "kernel_memory_bits", "weight_bits_padded", "weight_memory_blocks"]
+           "cycles_per_token_rwkv", "get_part", "is_rwkv", "kernel_memory_bits", "weight_bits_padded",
+           "weight_memory_blocks"]

@@ -99,11 +99,25 @@ def load_params(source: str | Path, calib_text: str | None = None) -> tuple[dict
     if (src / "params.npz").is_file():
         with np.load(src / "params.npz") as z:
             P = {k: (int(v) if v.ndim == 0 else v) for k, v in z.items()}
+        if P.get("arch", 0) != 0:
+            raise CLIError(f"{src}: params.npz holds an integer RWKV model (d_model={P['d_model']}, "
+                           f"{P['n_layers']} layers); the RTL core (ecp5 / ice40) implements the MLGRU architecture "
+                           f"only; use the Vitis HLS export (--target vitis), which covers RWKV")
         meta = json.loads((src / "rtl.json").read_text()) if (src / "rtl.json").is_file() else {}
         return P, meta
     import matmulfree
 
     model = matmulfree.load_model(src)
+    arch = model.config.architecture
+    if arch != "matmulfree":
+        from matmulfree.layers import BitLinear
+
+        n_w = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, BitLinear))
+        raise CLIError(f"{src}: the RTL core (ecp5 / ice40) implements the MLGRU architecture ('matmulfree') only; "
+                       f"this checkpoint is architecture {arch!r} (d_model={model.config.d_model}, "
+                       f"{model.config.n_layers} layers, vocabulary {model.config.vocab_size}, {n_w:,} ternary "
+                       f"weights = {2 * n_w:,} bits packed)"
+                       + ("; use --target vitis (the HLS export covers RWKV)" if arch == "rwkv" else ""))
     try:
         return convert(model, calib_ids=calibration_ids_from_text(calib_text, model.config.vocab_size)), {}
     except ConversionError as e:
