@@ -48,6 +48,7 @@ from .data import (
     tokenize_split,
 )
 from .models import build_model
+from .progress import ProgressLog
 from .recipe import Recipe
 
 STATE_FILE = "trainer_state.json"
@@ -209,10 +210,7 @@ class Trainer:
         return self.data.train.get(indices[start : start + b]).to(self.acc.device)
 
     def _log(self, msg: str) -> None:
-        if self.acc.is_main_process:
-            from tqdm.auto import tqdm
-
-            tqdm.write(msg)
+        self.progress.write(msg)
 
     # -- one optimizer step --
     def train_step(self) -> tuple[float, float]:
@@ -320,6 +318,9 @@ class Trainer:
         if self.resume:
             path = latest_checkpoint(self.out)
             self.load_checkpoint(path)
+        self.progress = ProgressLog(t.steps, self.step, r.log.every, enabled=self.acc.is_main_process,
+                                    bar=r.log.progress)
+        if self.resume:
             self._log(f"resumed from {path} at step {self.step}")
         logger = RunLogger(self.out, self.step, enabled=self.acc.is_main_process, tensorboard=r.log.tensorboard)
         result = TrainResult(self.out, self.step)
@@ -327,7 +328,6 @@ class Trainer:
         self._log(f"global batch {self.global_batch} sequences × {r.data.seq_len} tokens, {t.steps} steps, "
                   f"{self.processes} process(es) on {self.acc.device}, precision {t.mixed_precision}")
         tokens_per_step = self.global_batch * r.data.seq_len
-        bar = _progress(t.steps, self.step, enabled=self.acc.is_main_process and r.log.progress)
         start, window_t, window_steps = time.perf_counter(), time.perf_counter(), 0
         metrics: dict = {}
         try:
@@ -339,6 +339,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self.step, loss)
                 last = self.step == t.steps
+                tok_s = None
                 if self.step % r.log.every == 0 or last:
                     now = time.perf_counter()
                     tok_s = window_steps * tokens_per_step / max(now - window_t, 1e-9)
@@ -346,8 +347,7 @@ class Trainer:
                     row = {"step": self.step, "tokens": self.step * tokens_per_step, "loss": loss, "lr": lr,
                            "grad_norm": grad_norm, "tokens_per_s": tok_s, "elapsed_s": now - start}
                     logger.log(row)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                bar.update(1)
+                self.progress.update(self.step, loss, lr, tok_s)
                 if (r.eval.every and self.step % r.eval.every == 0) or last:
                     metrics = self.evaluate()
                     self.history.append({"step": self.step, "train_loss": loss, **metrics})
@@ -361,7 +361,7 @@ class Trainer:
                 if (r.checkpoint.every and self.step % r.checkpoint.every == 0) or last:
                     self.save_checkpoint(metrics)
         finally:
-            bar.close()
+            self.progress.close()
             logger.close()
         result.steps = self.step
         result.wall_time_s = time.perf_counter() - start
@@ -378,12 +378,6 @@ class Trainer:
             self._log(f"done: {self.step} steps in {result.wall_time_s:.0f} s; model in {final}")
         self.acc.wait_for_everyone()
         return result
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
 class RunLogger:
