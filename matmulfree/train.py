@@ -50,6 +50,7 @@ from .data import (
 from .models import build_model
 from .progress import ProgressLog
 from .recipe import Recipe
+from .warm_start import WarmStart, WarmStartError, build_source_model, warm_start
 
 STATE_FILE = "trainer_state.json"
 
@@ -163,7 +164,8 @@ class Trainer:
     """Trains ``recipe`` into ``out``. ``on_step(step, loss)`` is called after every optimizer step."""
 
     def __init__(self, recipe: Recipe, out: str | Path | None = None, resume: bool = False,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
+                 on_step: Callable[[int, float], None] | None = None, init_from: str | Path | None = None,
+                 allow_resize: str | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -187,6 +189,16 @@ class Trainer:
             raise TrainingError(f"{recipe.source}: data.seq_len={recipe.data.seq_len} exceeds "
                                 f"model max_seq_len={self.config.max_seq_len}")
         model = build_model(self.config)
+        self.warm: WarmStart | None = None
+        self.init_from: dict | None = None  # the warm-start record kept in trainer_state.json / metrics.json
+        if init_from is not None:
+            if resume:
+                raise TrainingError("--init-from starts a new run from another model's weights and --resume "
+                                    "continues this run exactly; use one of them")
+            try:
+                self.warm = warm_start(model, init_from, allow_resize)
+            except WarmStartError as e:
+                raise TrainingError(str(e)) from None
         self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas))
         for g in self.optimizer.param_groups:
             g["base_weight_decay"] = g["weight_decay"]
@@ -245,10 +257,12 @@ class Trainer:
         return loss, grad_norm
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss (nats/token), perplexity and bits per byte over the first eval batches."""
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Validation loss (nats/token), perplexity and bits per byte over the first eval batches
+        (of the model being trained, or of ``model``)."""
         e = self.recipe.eval
-        self.model.eval()
+        model = model if model is not None else self.model
+        model.eval()
         n_seq = min(len(self.data.validation), e.batches * e.batch_size)
         total = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         count = torch.zeros((), device=self.acc.device, dtype=torch.float64)
@@ -256,7 +270,7 @@ class Trainer:
         for start in range(0, len(ids), e.batch_size):
             seq = self.data.validation.get(ids[start : start + e.batch_size].numpy()).to(self.acc.device)
             with self.acc.autocast():
-                loss, n = sequence_loss(self.model, seq)
+                loss, n = sequence_loss(model, seq)
             total += loss.double()
             count += n
         loss = (self.acc.reduce(total, "sum") / self.acc.reduce(count, "sum")).item()
@@ -289,7 +303,8 @@ class Trainer:
         if self.acc.is_main_process:
             state = {"step": self.step, "samples_seen": self.step * self.global_batch,
                      "global_batch": self.global_batch, "processes": self.processes,
-                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history}
+                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history,
+                     "init_from": self.init_from}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -308,6 +323,24 @@ class Trainer:
                                 f"now {self.global_batch}; keep batch_size × grad_accum × processes equal")
         self.acc.load_state(str(path))
         self.step, self.history = state["step"], state["history"]
+        self.init_from = state.get("init_from")
+
+    def warm_start_check(self) -> None:
+        """Print the warm-start table, evaluate the new and the source model before step 1 and
+        record both losses (``warm_start.json`` and ``init_from`` of the run's metadata)."""
+        self._log(self.warm.table())
+        new = self.evaluate()["val_loss"]
+        source_model = build_source_model(self.warm).to(self.acc.device)
+        source = self.evaluate(source_model)["val_loss"]
+        del source_model
+        record = self.warm.to_dict()
+        record.update(step0_val_loss=new, source_val_loss=source, step0_difference=new - source)
+        self.init_from = {k: record[k] for k in ("source", "counts", "config_changes", "function_preserved",
+                                                 "reasons", "step0_val_loss", "source_val_loss")}
+        if self.acc.is_main_process:
+            atomic_write_text(self.out / "warm_start.json", json.dumps(record, indent=1))
+        self._log(f"warm start check: step-0 val loss {new:.6f} nats/token, source model {source:.6f} "
+                  f"(difference {new - source:+.2e})")
 
     # -- main loop --
     def fit(self) -> TrainResult:
@@ -327,6 +360,8 @@ class Trainer:
         self._log(f"{r.name}: {self.unwrapped.summary()}")
         self._log(f"global batch {self.global_batch} sequences × {r.data.seq_len} tokens, {t.steps} steps, "
                   f"{self.processes} process(es) on {self.acc.device}, precision {t.mixed_precision}")
+        if self.warm is not None and self.step == 0:
+            self.warm_start_check()
         tokens_per_step = self.global_batch * r.data.seq_len
         start, window_t, window_steps = time.perf_counter(), time.perf_counter(), 0
         metrics: dict = {}
@@ -372,7 +407,7 @@ class Trainer:
             self.data.tokenizer.save(final)
             summary = {"recipe": r.name, "steps": self.step, "wall_time_s": result.wall_time_s,
                        "tokens": self.step * tokens_per_step, "processes": self.processes, **metrics,
-                       "parameters": self.unwrapped.num_parameters()}
+                       "parameters": self.unwrapped.num_parameters(), "init_from": self.init_from}
             atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=1))
             logger.plot(self.out / "loss.png", r.name)
             self._log(f"done: {self.step} steps in {result.wall_time_s:.0f} s; model in {final}")
@@ -458,6 +493,7 @@ class RunLogger:
 
 
 def train(recipe: Recipe, out: str | Path | None = None, resume: bool = False,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train ``recipe`` (see :class:`Trainer`)."""
-    return Trainer(recipe, out, resume, on_step).fit()
+          on_step: Callable[[int, float], None] | None = None, init_from: str | Path | None = None,
+          allow_resize: str | None = None) -> TrainResult:
+    """Train ``recipe`` (see :class:`Trainer`); ``init_from`` warm-starts it (:mod:`matmulfree.warm_start`)."""
+    return Trainer(recipe, out, resume, on_step, init_from, allow_resize).fit()
