@@ -10,10 +10,11 @@ Run folder (``--out``, default ``runs/<recipe name>``)::
     log.csv, tensorboard/, loss.png, samples.txt, metrics.json
 
 Loss normalisation: each step sums the token losses of every micro-batch on every process and
-divides by the number of target tokens in the whole global batch (sequences are packed, so that
-is ``global_batch × seq_len``); DDP's gradient averaging is undone by multiplying by the number of
-processes. One process with batch ``2b`` and two processes with ``b`` each therefore compute the
-same gradient (up to summation order).
+divides by the number of target tokens in the whole global batch, counted before the first
+backward (:mod:`matmulfree.accumulate`; packed sequences have ``global_batch × seq_len``);
+DDP's gradient averaging is undone by multiplying by the number of processes. One process with
+batch ``2b`` and two processes with ``b`` each therefore compute the same gradient (up to
+summation order).
 
 A checkpoint is written to ``checkpoints/.tmp-step-N`` and renamed when complete, so a kill while
 saving leaves the previous checkpoint intact; the last ``checkpoint.keep`` are kept. ``resume``
@@ -34,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
+from .accumulate import accumulate_gradients, count_targets, summed_token_loss
 from .checkpoint import atomic_write, atomic_write_text, save_model
 from .data import (
     PackedSequences,
@@ -126,11 +127,9 @@ def prepare_data(recipe: Recipe, out: Path, main_first: Callable[[], contextlib.
 
 
 def sequence_loss(model: torch.nn.Module, seq: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy (nats) of ``seq (B, L + 1)`` and the number of targets."""
-    logits = model(seq[:, :-1]).logits
-    targets = seq[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-    return loss, targets.numel()
+    """Summed next-token cross-entropy (nats) of ``seq (B, L + 1)`` and the number of targets
+    (padding excluded, see :mod:`matmulfree.accumulate`)."""
+    return summed_token_loss(model, seq)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -221,6 +220,14 @@ class Trainer:
         start = (micro * self.processes + rank) * b
         return self.data.train.get(indices[start : start + b]).to(self.acc.device)
 
+    def _micro_context(self, last: bool) -> contextlib.ExitStack:
+        """Autocast, and DDP's ``no_sync`` on every micro-batch but the last."""
+        stack = contextlib.ExitStack()
+        if not last:
+            stack.enter_context(self.acc.no_sync(self.model))
+        stack.enter_context(self.acc.autocast())
+        return stack
+
     def _log(self, msg: str) -> None:
         self.progress.write(msg)
 
@@ -229,18 +236,15 @@ class Trainer:
         """Run one optimizer step; returns ``(loss nats/token, grad norm)``."""
         t = self.recipe.train
         indices = sample_indices(len(self.data.train), self.step * self.global_batch, self.global_batch, t.seed)
-        total_targets = self.global_batch * self.recipe.data.seq_len
         for g in self.optimizer.param_groups:
             g["weight_decay"] = g["base_weight_decay"] * weight_decay_factor(self.step, self.recipe)
         self.model.train()
-        loss_sum = torch.zeros((), device=self.acc.device)
-        for micro in range(t.grad_accum):
-            last = micro == t.grad_accum - 1
-            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
-            with sync, self.acc.autocast():
-                loss, _ = sequence_loss(self.model, self._micro_batch(indices, micro))
-                self.acc.backward(loss * (self.processes / total_targets))
-            loss_sum += loss.detach().float()
+        batches = [self._micro_batch(indices, micro) for micro in range(t.grad_accum)]
+        # The whole step's target count, known before the first backward (exact accumulation).
+        local = torch.tensor(float(sum(count_targets(b) for b in batches)), device=self.acc.device)
+        total_targets = int(self.acc.reduce(local, "sum").item()) if self.processes > 1 else int(local.item())
+        loss_sum = accumulate_gradients(self.model, batches, total_targets, lambda m, s: sequence_loss(m, s),
+                                        self.acc.backward, self._micro_context, grad_scale=self.processes)
         loss = (self.acc.reduce(loss_sum, "sum") / total_targets).item()
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
