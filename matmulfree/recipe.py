@@ -99,9 +99,11 @@ class CheckpointSection:
 class LogSection:
     """``log.csv``, TensorBoard and the terminal."""
 
-    every: int = doc_field(10, "steps between rows of log.csv (and TensorBoard scalars)")
+    every: int = doc_field(10, "steps between rows of log.csv, TensorBoard scalars and, off a terminal, "
+                           "the plain progress lines (step, loss, lr, tokens/s, ETA)")
     tensorboard: bool = doc_field(True, "write TensorBoard event files under tensorboard/")
-    progress: bool = doc_field(True, "show a progress bar")
+    progress: bool = doc_field(True, "show a progress bar when the output is a terminal (in a pipe or file, "
+                               "plain lines every log.every steps instead)")
 
 
 SECTIONS = {"data": DataSection, "train": TrainSection, "eval": EvalSection, "sample": SampleSection,

@@ -10,10 +10,11 @@ Run folder (``--out``, default ``runs/<recipe name>``)::
     log.csv, tensorboard/, loss.png, samples.txt, metrics.json
 
 Loss normalisation: each step sums the token losses of every micro-batch on every process and
-divides by the number of target tokens in the whole global batch (sequences are packed, so that
-is ``global_batch × seq_len``); DDP's gradient averaging is undone by multiplying by the number of
-processes. One process with batch ``2b`` and two processes with ``b`` each therefore compute the
-same gradient (up to summation order).
+divides by the number of target tokens in the whole global batch, counted before the first
+backward (:mod:`matmulfree.accumulate`; packed sequences have ``global_batch × seq_len``);
+DDP's gradient averaging is undone by multiplying by the number of processes. One process with
+batch ``2b`` and two processes with ``b`` each therefore compute the same gradient (up to
+summation order).
 
 A checkpoint is written to ``checkpoints/.tmp-step-N`` and renamed when complete, so a kill while
 saving leaves the previous checkpoint intact; the last ``checkpoint.keep`` are kept. ``resume``
@@ -34,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
+from .accumulate import accumulate_gradients, count_targets, summed_token_loss
 from .checkpoint import atomic_write, atomic_write_text, save_model
 from .data import (
     PackedSequences,
@@ -48,7 +49,9 @@ from .data import (
     tokenize_split,
 )
 from .models import build_model
+from .progress import ProgressLog
 from .recipe import Recipe
+from .warm_start import WarmStart, WarmStartError, build_source_model, warm_start
 
 STATE_FILE = "trainer_state.json"
 
@@ -124,11 +127,9 @@ def prepare_data(recipe: Recipe, out: Path, main_first: Callable[[], contextlib.
 
 
 def sequence_loss(model: torch.nn.Module, seq: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy (nats) of ``seq (B, L + 1)`` and the number of targets."""
-    logits = model(seq[:, :-1]).logits
-    targets = seq[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-    return loss, targets.numel()
+    """Summed next-token cross-entropy (nats) of ``seq (B, L + 1)`` and the number of targets
+    (padding excluded, see :mod:`matmulfree.accumulate`)."""
+    return summed_token_loss(model, seq)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -162,7 +163,8 @@ class Trainer:
     """Trains ``recipe`` into ``out``. ``on_step(step, loss)`` is called after every optimizer step."""
 
     def __init__(self, recipe: Recipe, out: str | Path | None = None, resume: bool = False,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
+                 on_step: Callable[[int, float], None] | None = None, init_from: str | Path | None = None,
+                 allow_resize: str | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -186,6 +188,16 @@ class Trainer:
             raise TrainingError(f"{recipe.source}: data.seq_len={recipe.data.seq_len} exceeds "
                                 f"model max_seq_len={self.config.max_seq_len}")
         model = build_model(self.config)
+        self.warm: WarmStart | None = None
+        self.init_from: dict | None = None  # the warm-start record kept in trainer_state.json / metrics.json
+        if init_from is not None:
+            if resume:
+                raise TrainingError("--init-from starts a new run from another model's weights and --resume "
+                                    "continues this run exactly; use one of them")
+            try:
+                self.warm = warm_start(model, init_from, allow_resize)
+            except WarmStartError as e:
+                raise TrainingError(str(e)) from None
         self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas))
         for g in self.optimizer.param_groups:
             g["base_weight_decay"] = g["weight_decay"]
@@ -208,29 +220,31 @@ class Trainer:
         start = (micro * self.processes + rank) * b
         return self.data.train.get(indices[start : start + b]).to(self.acc.device)
 
-    def _log(self, msg: str) -> None:
-        if self.acc.is_main_process:
-            from tqdm.auto import tqdm
+    def _micro_context(self, last: bool) -> contextlib.ExitStack:
+        """Autocast, and DDP's ``no_sync`` on every micro-batch but the last."""
+        stack = contextlib.ExitStack()
+        if not last:
+            stack.enter_context(self.acc.no_sync(self.model))
+        stack.enter_context(self.acc.autocast())
+        return stack
 
-            tqdm.write(msg)
+    def _log(self, msg: str) -> None:
+        self.progress.write(msg)
 
     # -- one optimizer step --
     def train_step(self) -> tuple[float, float]:
         """Run one optimizer step; returns ``(loss nats/token, grad norm)``."""
         t = self.recipe.train
         indices = sample_indices(len(self.data.train), self.step * self.global_batch, self.global_batch, t.seed)
-        total_targets = self.global_batch * self.recipe.data.seq_len
         for g in self.optimizer.param_groups:
             g["weight_decay"] = g["base_weight_decay"] * weight_decay_factor(self.step, self.recipe)
         self.model.train()
-        loss_sum = torch.zeros((), device=self.acc.device)
-        for micro in range(t.grad_accum):
-            last = micro == t.grad_accum - 1
-            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
-            with sync, self.acc.autocast():
-                loss, _ = sequence_loss(self.model, self._micro_batch(indices, micro))
-                self.acc.backward(loss * (self.processes / total_targets))
-            loss_sum += loss.detach().float()
+        batches = [self._micro_batch(indices, micro) for micro in range(t.grad_accum)]
+        # The whole step's target count, known before the first backward (exact accumulation).
+        local = torch.tensor(float(sum(count_targets(b) for b in batches)), device=self.acc.device)
+        total_targets = int(self.acc.reduce(local, "sum").item()) if self.processes > 1 else int(local.item())
+        loss_sum = accumulate_gradients(self.model, batches, total_targets, lambda m, s: sequence_loss(m, s),
+                                        self.acc.backward, self._micro_context, grad_scale=self.processes)
         loss = (self.acc.reduce(loss_sum, "sum") / total_targets).item()
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
@@ -247,10 +261,12 @@ class Trainer:
         return loss, grad_norm
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss (nats/token), perplexity and bits per byte over the first eval batches."""
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Validation loss (nats/token), perplexity and bits per byte over the first eval batches
+        (of the model being trained, or of ``model``)."""
         e = self.recipe.eval
-        self.model.eval()
+        model = model if model is not None else self.model
+        model.eval()
         n_seq = min(len(self.data.validation), e.batches * e.batch_size)
         total = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         count = torch.zeros((), device=self.acc.device, dtype=torch.float64)
@@ -258,7 +274,7 @@ class Trainer:
         for start in range(0, len(ids), e.batch_size):
             seq = self.data.validation.get(ids[start : start + e.batch_size].numpy()).to(self.acc.device)
             with self.acc.autocast():
-                loss, n = sequence_loss(self.model, seq)
+                loss, n = sequence_loss(model, seq)
             total += loss.double()
             count += n
         loss = (self.acc.reduce(total, "sum") / self.acc.reduce(count, "sum")).item()
@@ -291,7 +307,8 @@ class Trainer:
         if self.acc.is_main_process:
             state = {"step": self.step, "samples_seen": self.step * self.global_batch,
                      "global_batch": self.global_batch, "processes": self.processes,
-                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history}
+                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history,
+                     "init_from": self.init_from}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -310,6 +327,24 @@ class Trainer:
                                 f"now {self.global_batch}; keep batch_size × grad_accum × processes equal")
         self.acc.load_state(str(path))
         self.step, self.history = state["step"], state["history"]
+        self.init_from = state.get("init_from")
+
+    def warm_start_check(self) -> None:
+        """Print the warm-start table, evaluate the new and the source model before step 1 and
+        record both losses (``warm_start.json`` and ``init_from`` of the run's metadata)."""
+        self._log(self.warm.table())
+        new = self.evaluate()["val_loss"]
+        source_model = build_source_model(self.warm).to(self.acc.device)
+        source = self.evaluate(source_model)["val_loss"]
+        del source_model
+        record = self.warm.to_dict()
+        record.update(step0_val_loss=new, source_val_loss=source, step0_difference=new - source)
+        self.init_from = {k: record[k] for k in ("source", "counts", "config_changes", "function_preserved",
+                                                 "reasons", "step0_val_loss", "source_val_loss")}
+        if self.acc.is_main_process:
+            atomic_write_text(self.out / "warm_start.json", json.dumps(record, indent=1))
+        self._log(f"warm start check: step-0 val loss {new:.6f} nats/token, source model {source:.6f} "
+                  f"(difference {new - source:+.2e})")
 
     # -- main loop --
     def fit(self) -> TrainResult:
@@ -320,14 +355,18 @@ class Trainer:
         if self.resume:
             path = latest_checkpoint(self.out)
             self.load_checkpoint(path)
+        self.progress = ProgressLog(t.steps, self.step, r.log.every, enabled=self.acc.is_main_process,
+                                    bar=r.log.progress)
+        if self.resume:
             self._log(f"resumed from {path} at step {self.step}")
         logger = RunLogger(self.out, self.step, enabled=self.acc.is_main_process, tensorboard=r.log.tensorboard)
         result = TrainResult(self.out, self.step)
         self._log(f"{r.name}: {self.unwrapped.summary()}")
         self._log(f"global batch {self.global_batch} sequences × {r.data.seq_len} tokens, {t.steps} steps, "
                   f"{self.processes} process(es) on {self.acc.device}, precision {t.mixed_precision}")
+        if self.warm is not None and self.step == 0:
+            self.warm_start_check()
         tokens_per_step = self.global_batch * r.data.seq_len
-        bar = _progress(t.steps, self.step, enabled=self.acc.is_main_process and r.log.progress)
         start, window_t, window_steps = time.perf_counter(), time.perf_counter(), 0
         metrics: dict = {}
         try:
@@ -339,6 +378,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self.step, loss)
                 last = self.step == t.steps
+                tok_s = None
                 if self.step % r.log.every == 0 or last:
                     now = time.perf_counter()
                     tok_s = window_steps * tokens_per_step / max(now - window_t, 1e-9)
@@ -346,8 +386,7 @@ class Trainer:
                     row = {"step": self.step, "tokens": self.step * tokens_per_step, "loss": loss, "lr": lr,
                            "grad_norm": grad_norm, "tokens_per_s": tok_s, "elapsed_s": now - start}
                     logger.log(row)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                bar.update(1)
+                self.progress.update(self.step, loss, lr, tok_s)
                 if (r.eval.every and self.step % r.eval.every == 0) or last:
                     metrics = self.evaluate()
                     self.history.append({"step": self.step, "train_loss": loss, **metrics})
@@ -361,7 +400,7 @@ class Trainer:
                 if (r.checkpoint.every and self.step % r.checkpoint.every == 0) or last:
                     self.save_checkpoint(metrics)
         finally:
-            bar.close()
+            self.progress.close()
             logger.close()
         result.steps = self.step
         result.wall_time_s = time.perf_counter() - start
@@ -372,18 +411,12 @@ class Trainer:
             self.data.tokenizer.save(final)
             summary = {"recipe": r.name, "steps": self.step, "wall_time_s": result.wall_time_s,
                        "tokens": self.step * tokens_per_step, "processes": self.processes, **metrics,
-                       "parameters": self.unwrapped.num_parameters()}
+                       "parameters": self.unwrapped.num_parameters(), "init_from": self.init_from}
             atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=1))
             logger.plot(self.out / "loss.png", r.name)
             self._log(f"done: {self.step} steps in {result.wall_time_s:.0f} s; model in {final}")
         self.acc.wait_for_everyone()
         return result
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
 class RunLogger:
@@ -464,6 +497,7 @@ class RunLogger:
 
 
 def train(recipe: Recipe, out: str | Path | None = None, resume: bool = False,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train ``recipe`` (see :class:`Trainer`)."""
-    return Trainer(recipe, out, resume, on_step).fit()
+          on_step: Callable[[int, float], None] | None = None, init_from: str | Path | None = None,
+          allow_resize: str | None = None) -> TrainResult:
+    """Train ``recipe`` (see :class:`Trainer`); ``init_from`` warm-starts it (:mod:`matmulfree.warm_start`)."""
+    return Trainer(recipe, out, resume, on_step, init_from, allow_resize).fit()

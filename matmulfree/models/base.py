@@ -78,6 +78,9 @@ class LanguageModel(nn.Module):
     ``step(token_ids (B,), state) -> (logits (B, V), state)``."""
 
     config_class: type[_BaseConfig]
+    #: Config fields whose change a warm start can absorb: field -> the tensor that
+    #: :meth:`preserve_function` must have handled for the change to leave the function unchanged.
+    warm_start_fields: dict[str, str] = {}
 
     def __init__(self, config: _BaseConfig) -> None:
         super().__init__()
@@ -214,6 +217,31 @@ class LanguageModel(nn.Module):
     @property
     def is_packed(self) -> bool:
         return any(isinstance(m, BitLinear) and m.packed for m in self.modules())
+
+    def preserve_function(self, new: set[str]) -> dict[str, str]:
+        """Warm start (:mod:`matmulfree.warm_start`): re-initialise the newly added tensors ``new``
+        (state-dict names) so that they change nothing at step 0 where the architecture allows it.
+
+        Returns ``{name: note}`` for each tensor so handled; tensors left out keep their fresh
+        initialisation and count as changing the function. The base class handles none.
+        """
+        return {}
+
+    def _zero_new_blocks(self, new: set[str], outputs: tuple[str, ...]) -> dict[str, str]:
+        """Residual blocks ``layers.i`` whose tensors are all new: zero their branch ``outputs`` (the
+        last projection of each residual branch), so every added block is the identity at step 0."""
+        notes: dict[str, str] = {}
+        for i, block in enumerate(self.layers):
+            names = {f"layers.{i}.{n}" for n in block.state_dict()}
+            if not names <= new:
+                continue
+            with torch.no_grad():
+                for out in outputs:
+                    block.get_parameter(out).zero_()
+            for name in names:
+                short = name.split(".", 2)[2]
+                notes[name] = "zeroed: added block is the identity" if short in outputs else "in an added block"
+        return notes
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW parameter groups: decay on matrices (2-D and larger) only."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -43,6 +45,7 @@ class MatMulFreeLM(LanguageModel):
     is element-wise, so generation keeps O(1) state per layer."""
 
     config_class = MatMulFreeConfig
+    warm_start_fields = {"forget_lower_bound": "lower_bounds"}
 
     def __init__(self, config: MatMulFreeConfig) -> None:
         super().__init__(config)
@@ -66,6 +69,22 @@ class MatMulFreeLM(LanguageModel):
         p = self.lower_bounds.float().softmax(dim=0).cumsum(dim=0)
         lb = p - p[0]
         return list(lb.unbind(0))
+
+    #: Raw lower-bound logit of layers 1.. for a warm start that adds the bound: the bounds start at
+    #: about ``l * exp(-16) ~ l * 1.1e-7`` (below fp32 rounding of the forget gate) and learn from there.
+    WARM_START_BOUND_LOGIT = -16.0
+
+    def preserve_function(self, new: set[str]) -> dict[str, str]:
+        """Added blocks start as the identity (zero ``mixer.o_proj`` and ``mlp.w_down``); added forget
+        lower bounds start at ~0 (layer 0 holds the softmax mass)."""
+        notes = self._zero_new_blocks(new, ("mixer.o_proj.weight", "mlp.w_down.weight"))
+        if "lower_bounds" in new and self.lower_bounds is not None:
+            with torch.no_grad():
+                self.lower_bounds.fill_(self.WARM_START_BOUND_LOGIT)
+                self.lower_bounds[0] = 0.0
+            start = math.exp(self.WARM_START_BOUND_LOGIT)
+            notes["lower_bounds"] = f"bounds start at ~{start:.0e} x layer (forget gate unchanged)"
+        return notes
 
     def forward(self, input_ids, labels=None, state=None, loss_reduction: str = "mean") -> ModelOutput:
         """Parallel path. ``state`` (list of ``h`` per layer) continues an earlier call."""

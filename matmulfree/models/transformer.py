@@ -109,6 +109,10 @@ class TransformerLM(LanguageModel):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         init_weights(self, config.init_std)
 
+    def preserve_function(self, new: set[str]) -> dict[str, str]:
+        """Added blocks start as the identity (zero ``attn.o_proj`` and ``mlp.w_down``)."""
+        return self._zero_new_blocks(new, ("attn.o_proj.weight", "mlp.w_down.weight"))
+
     def forward(self, input_ids, labels=None, state=None, loss_reduction: str = "mean") -> ModelOutput:
         cache = state if state is not None else KVCache(len(self.layers))
         T = input_ids.shape[1]
