@@ -47,6 +47,7 @@ from .data import (
     sample_indices,
     tokenize_split,
 )
+from .distributed import Strategy
 from .models import build_model
 from .recipe import Recipe
 
@@ -172,7 +173,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         # Without CUDA, accelerate must be told to use the CPU to form a gloo process group.
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available())
+        self.strategy = Strategy.for_recipe(recipe)
+        self.acc = Accelerator(**self.strategy.accelerator_kwargs())
         set_seed(t.seed)
         if resume and latest_checkpoint(self.out) is None:
             raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
@@ -185,13 +187,18 @@ class Trainer:
         if recipe.data.seq_len > self.config.max_seq_len:
             raise TrainingError(f"{recipe.source}: data.seq_len={recipe.data.seq_len} exceeds "
                                 f"model max_seq_len={self.config.max_seq_len}")
-        model = build_model(self.config)
-        self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas))
-        for g in self.optimizer.param_groups:
-            g["base_weight_decay"] = g["weight_decay"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, recipe))
+        raw: list[torch.optim.Optimizer] = []
+
+        def make_optimizer(m: torch.nn.Module) -> torch.optim.Optimizer:
+            raw.append(torch.optim.AdamW(m.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps))
+            for g in raw[0].param_groups:
+                g["base_weight_decay"] = g["weight_decay"]
+            return raw[0]
+
+        # The strategy wraps the model (DDP / FSDP2 / DeepSpeed) and builds the optimizer on its parameters.
+        self.model, self.optimizer = self.strategy.prepare(self.acc, build_model(self.config), make_optimizer)
         # The scheduler is not prepared: accelerate would step it once per process.
-        self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(raw[0], lambda s: lr_factor(s, recipe))
         self.acc.register_for_checkpointing(self.scheduler)
         self.processes = self.acc.num_processes
         self.global_batch = t.batch_size * t.grad_accum * self.processes
@@ -226,10 +233,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.acc.device)
         for micro in range(t.grad_accum):
             last = micro == t.grad_accum - 1
-            sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            sync = self.strategy.no_sync(self.acc, self.model, last)
             with sync, self.acc.autocast():
                 loss, _ = sequence_loss(self.model, self._micro_batch(indices, micro))
-                self.acc.backward(loss * (self.processes / total_targets))
+                self.acc.backward(loss * (self.strategy.loss_scale(self.acc) / total_targets))
             loss_sum += loss.detach().float()
         loss = (self.acc.reduce(loss_sum, "sum") / total_targets).item()
         if not math.isfinite(loss):
@@ -237,9 +244,7 @@ class Trainer:
             last = latest_checkpoint(self.out)
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"non-finite training loss ({loss}) at step {self.step + 1}; stopping, {keep}")
-        grad_norm = float("nan")
-        if t.grad_clip:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+        grad_norm = self.strategy.clip(self.acc, self.model, t.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -252,6 +257,7 @@ class Trainer:
         e = self.recipe.eval
         self.model.eval()
         n_seq = min(len(self.data.validation), e.batches * e.batch_size)
+        n_seq -= n_seq % self.processes  # equal batches per rank (FSDP's forward is collective)
         total = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         count = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         ids = torch.arange(n_seq)[self.acc.process_index :: self.processes]
@@ -266,9 +272,9 @@ class Trainer:
                 "val_bpb": loss / math.log(2) / self.data.bytes_per_token}
 
     @torch.no_grad()
-    def samples(self) -> list[str]:
+    def samples(self, model: torch.nn.Module) -> list[str]:
         s = self.recipe.sample
-        model, tok = self.unwrapped, self.data.tokenizer
+        tok = self.data.tokenizer
         model.eval()
         texts = []
         for i, prompt in enumerate(s.prompts):
@@ -287,10 +293,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.strategy.save(self.acc, self.model, self.optimizer, tmp)
         if self.acc.is_main_process:
             state = {"step": self.step, "samples_seen": self.step * self.global_batch,
                      "global_batch": self.global_batch, "processes": self.processes,
+                     "strategy": self.strategy.name,
                      "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
             if final.exists():
@@ -308,7 +315,14 @@ class Trainer:
         if state["global_batch"] != self.global_batch:
             raise TrainingError(f"--resume: {path} used a global batch of {state['global_batch']} sequences, "
                                 f"now {self.global_batch}; keep batch_size × grad_accum × processes equal")
-        self.acc.load_state(str(path))
+        if self.strategy.sharded_checkpoints and state["processes"] != self.processes:
+            raise TrainingError(f"--resume: {path} holds shards of {state['processes']} processes, now "
+                                f"{self.processes}; resume on {state['processes']} or consolidate it "
+                                "(matmulfree checkpoint consolidate) and warm-start")
+        if state.get("strategy", "ddp") != self.strategy.name:
+            raise TrainingError(f"--resume: {path} was written by strategy {state.get('strategy', 'ddp')!r}, "
+                                f"the recipe says distributed.strategy={self.strategy.name!r}")
+        self.strategy.load(self.acc, self.model, self.optimizer, path)
         self.step, self.history = state["step"], state["history"]
 
     # -- main loop --
@@ -354,10 +368,12 @@ class Trainer:
                     logger.log({"step": self.step, **metrics})
                     self._log(f"step {self.step}: train {loss:.4f}  val {metrics['val_loss']:.4f} nats/token  "
                               f"ppl {metrics['val_ppl']:.2f}  {metrics['val_bpb']:.4f} bits/byte")
-                if ((r.sample.every and self.step % r.sample.every == 0) or last) and self.acc.is_main_process:
-                    texts = self.samples()
-                    logger.samples(self.step, texts)
-                    self._log(f"--- sample at step {self.step} ---\n{texts[0]}\n---")
+                if (r.sample.every and self.step % r.sample.every == 0) or last:
+                    full = self.strategy.full_model(self.acc, self.model)  # collective under FSDP
+                    if full is not None:
+                        texts = self.samples(full)
+                        logger.samples(self.step, texts)
+                        self._log(f"--- sample at step {self.step} ---\n{texts[0]}\n---")
                 if (r.checkpoint.every and self.step % r.checkpoint.every == 0) or last:
                     self.save_checkpoint(metrics)
         finally:
@@ -366,13 +382,14 @@ class Trainer:
         result.steps = self.step
         result.wall_time_s = time.perf_counter() - start
         result.val_loss, result.val_bpb = metrics.get("val_loss"), metrics.get("val_bpb")
+        full = self.strategy.full_model(self.acc, self.model)  # collective under FSDP / DeepSpeed
         if self.acc.is_main_process:
             final = self.out / "final"
-            save_model(self.unwrapped, final)
+            save_model(full, final)
             self.data.tokenizer.save(final)
             summary = {"recipe": r.name, "steps": self.step, "wall_time_s": result.wall_time_s,
                        "tokens": self.step * tokens_per_step, "processes": self.processes, **metrics,
-                       "parameters": self.unwrapped.num_parameters()}
+                       "parameters": full.num_parameters()}
             atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=1))
             logger.plot(self.out / "loss.png", r.name)
             self._log(f"done: {self.step} steps in {result.wall_time_s:.0f} s; model in {final}")
