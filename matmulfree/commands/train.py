@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from matmulfree.data import DataError
+    from matmulfree.distributed import StrategyError
     from matmulfree.errors import CLIError
     from matmulfree.recipe import load_recipe
     from matmulfree.train import TrainingError, train
@@ -36,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         train(recipe, args.out, resume=args.resume)
-    except (TrainingError, DataError) as e:
+    except (TrainingError, DataError, StrategyError) as e:
         raise CLIError(str(e)) from None
     return 0
