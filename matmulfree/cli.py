@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "matmulfree.commands.export",
     "matmulfree.commands.fpga",
     "matmulfree.commands.power",
+    "matmulfree.commands.checkpoint",
+    "matmulfree.commands.plan",
 ]
 
 

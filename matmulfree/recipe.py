@@ -25,6 +25,8 @@ from .config import CONFIG_CLASSES, PRESETS, ConfigError, _BaseConfig, check_typ
 
 SCHEDULES = ("cosine", "cosine-halved", "two-stage", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
+#: ``distributed.strategy`` values (:mod:`matmulfree.distributed` implements them).
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 #: The default data source: the Shakespeare corpus (``docs/design.md``, "Data").
 DEFAULT_SOURCE = "shakespeare"
@@ -61,6 +63,7 @@ class TrainSection:
     schedule: str = doc_field("cosine", "cosine, cosine-halved (LR halved midway), two-stage (BitNet b1.58), constant")
     weight_decay: float = doc_field(0.1, "AdamW weight decay on matrices (norm gains and other vectors get none)")
     betas: list[float] = doc_field([0.9, 0.95], "AdamW (β1, β2)")
+    eps: float = doc_field(1e-8, "AdamW ε (denominator guard)")
     grad_clip: float | None = doc_field(1.0, "clip the global gradient norm to this (null: no clipping)")
     mixed_precision: str = doc_field("no", "no, bf16 or fp16 autocast (accelerate)")
     seed: int = doc_field(1337, "seed of initialisation, data order and samples")
@@ -106,8 +109,22 @@ class LogSection:
                                "plain lines every log.every steps instead)")
 
 
+@dataclass
+class DistributedSection:
+    """How several processes share the model (see :mod:`matmulfree.distributed` and docs/distributed.md);
+    the launcher (accelerate, torchrun, SLURM) only decides how many processes there are."""
+
+    strategy: str = doc_field("ddp", "ddp (replicated model; also one process), fsdp (FSDP2, sharded weights, "
+                              "gradients and optimizer state) or deepspeed (DeepSpeed ZeRO)")
+    reshard_after_forward: bool = doc_field(
+        True, "fsdp: free the gathered weights after each block's forward (false: keep them until backward, "
+        "more memory, less communication)")
+    zero_stage: int = doc_field(2, "deepspeed: ZeRO stage (2 shards gradients and optimizer state)")
+    bucket_mb: float = doc_field(200.0, "deepspeed: all-gather and reduce bucket size in MB (RWKV's ds_bucket_mb)")
+
+
 SECTIONS = {"data": DataSection, "train": TrainSection, "eval": EvalSection, "sample": SampleSection,
-            "checkpoint": CheckpointSection, "log": LogSection}
+            "checkpoint": CheckpointSection, "log": LogSection, "distributed": DistributedSection}
 #: The keys a recipe file may hold at its top level.
 TOP_LEVEL_KEYS = ("name", "description", "out", "model", *SECTIONS)
 
@@ -133,6 +150,7 @@ class Recipe:
     sample: SampleSection = doc_field(doc="text samples during training")
     checkpoint: CheckpointSection = doc_field(doc="resumable checkpoints")
     log: LogSection = doc_field(doc="logging")
+    distributed: DistributedSection = doc_field(doc="how several processes share the model")
     description: str = doc_field("", "one line saying what the recipe trains")
     out: str | None = doc_field(None, "run folder (null: runs/<name>; --out overrides)")
     source: str = doc_field("recipe", "where the recipe was loaded from, for error messages (set by the loader)")
@@ -230,6 +248,11 @@ def _check_values(r: Recipe) -> None:
         sec, name = key.split(".")
         need(getattr(getattr(r, sec), name) >= 0, key, getattr(getattr(r, sec), name), "must be >= 0")
     need(r.log.every > 0, "log.every", r.log.every, "must be positive")
+    need(t.eps > 0, "train.eps", t.eps, "must be positive")
+    d = r.distributed
+    need(d.strategy in STRATEGIES, "distributed.strategy", d.strategy, f"is not one of {STRATEGIES}")
+    need(d.zero_stage in (1, 2, 3), "distributed.zero_stage", d.zero_stage, "must be 1, 2 or 3")
+    need(d.bucket_mb > 0, "distributed.bucket_mb", d.bucket_mb, "must be positive")
 
 
 def recipe_dir() -> Path:

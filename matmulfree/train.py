@@ -48,6 +48,7 @@ from .data import (
     sample_indices,
     tokenize_split,
 )
+from .distributed import Strategy
 from .models import build_model
 from .progress import ProgressLog
 from .recipe import Recipe
@@ -174,7 +175,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         # Without CUDA, accelerate must be told to use the CPU to form a gloo process group.
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available())
+        self.strategy = Strategy.for_recipe(recipe)
+        self.acc = Accelerator(**self.strategy.accelerator_kwargs())
         set_seed(t.seed)
         if resume and latest_checkpoint(self.out) is None:
             raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
@@ -198,12 +200,18 @@ class Trainer:
                 self.warm = warm_start(model, init_from, allow_resize)
             except WarmStartError as e:
                 raise TrainingError(str(e)) from None
-        self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas))
-        for g in self.optimizer.param_groups:
-            g["base_weight_decay"] = g["weight_decay"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, recipe))
+        raw: list[torch.optim.Optimizer] = []
+
+        def make_optimizer(m: torch.nn.Module) -> torch.optim.Optimizer:
+            raw.append(torch.optim.AdamW(m.optimizer_groups(t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps))
+            for g in raw[0].param_groups:
+                g["base_weight_decay"] = g["weight_decay"]
+            return raw[0]
+
+        # The strategy wraps the model (DDP / FSDP2 / DeepSpeed) and builds the optimizer on its parameters.
+        self.model, self.optimizer = self.strategy.prepare(self.acc, model, make_optimizer)
         # The scheduler is not prepared: accelerate would step it once per process.
-        self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(raw[0], lambda s: lr_factor(s, recipe))
         self.acc.register_for_checkpointing(self.scheduler)
         self.processes = self.acc.num_processes
         self.global_batch = t.batch_size * t.grad_accum * self.processes
@@ -221,10 +229,9 @@ class Trainer:
         return self.data.train.get(indices[start : start + b]).to(self.acc.device)
 
     def _micro_context(self, last: bool) -> contextlib.ExitStack:
-        """Autocast, and DDP's ``no_sync`` on every micro-batch but the last."""
+        """Autocast, and the strategy's ``no_sync`` on every micro-batch but the last."""
         stack = contextlib.ExitStack()
-        if not last:
-            stack.enter_context(self.acc.no_sync(self.model))
+        stack.enter_context(self.strategy.no_sync(self.acc, self.model, last))
         stack.enter_context(self.acc.autocast())
         return stack
 
@@ -244,16 +251,15 @@ class Trainer:
         local = torch.tensor(float(sum(count_targets(b) for b in batches)), device=self.acc.device)
         total_targets = int(self.acc.reduce(local, "sum").item()) if self.processes > 1 else int(local.item())
         loss_sum = accumulate_gradients(self.model, batches, total_targets, lambda m, s: sequence_loss(m, s),
-                                        self.acc.backward, self._micro_context, grad_scale=self.processes)
+                                        self.acc.backward, self._micro_context,
+                                        grad_scale=self.strategy.loss_scale(self.acc))
         loss = (self.acc.reduce(loss_sum, "sum") / total_targets).item()
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             last = latest_checkpoint(self.out)
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"non-finite training loss ({loss}) at step {self.step + 1}; stopping, {keep}")
-        grad_norm = float("nan")
-        if t.grad_clip:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+        grad_norm = self.strategy.clip(self.acc, self.model, t.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -268,6 +274,7 @@ class Trainer:
         model = model if model is not None else self.model
         model.eval()
         n_seq = min(len(self.data.validation), e.batches * e.batch_size)
+        n_seq -= n_seq % self.processes  # equal batches per rank (FSDP's forward is collective)
         total = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         count = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         ids = torch.arange(n_seq)[self.acc.process_index :: self.processes]
@@ -282,9 +289,9 @@ class Trainer:
                 "val_bpb": loss / math.log(2) / self.data.bytes_per_token}
 
     @torch.no_grad()
-    def samples(self) -> list[str]:
+    def samples(self, model: torch.nn.Module) -> list[str]:
         s = self.recipe.sample
-        model, tok = self.unwrapped, self.data.tokenizer
+        tok = self.data.tokenizer
         model.eval()
         texts = []
         for i, prompt in enumerate(s.prompts):
@@ -303,12 +310,12 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.strategy.save(self.acc, self.model, self.optimizer, tmp)
         if self.acc.is_main_process:
             state = {"step": self.step, "samples_seen": self.step * self.global_batch,
                      "global_batch": self.global_batch, "processes": self.processes,
-                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history,
-                     "init_from": self.init_from}
+                     "strategy": self.strategy.name, "init_from": self.init_from,
+                     "model_config": self.config.to_dict(), "metrics": metrics, "history": self.history}
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -325,7 +332,14 @@ class Trainer:
         if state["global_batch"] != self.global_batch:
             raise TrainingError(f"--resume: {path} used a global batch of {state['global_batch']} sequences, "
                                 f"now {self.global_batch}; keep batch_size × grad_accum × processes equal")
-        self.acc.load_state(str(path))
+        if self.strategy.sharded_checkpoints and state["processes"] != self.processes:
+            raise TrainingError(f"--resume: {path} holds shards of {state['processes']} processes, now "
+                                f"{self.processes}; resume on {state['processes']} or consolidate it "
+                                "(matmulfree checkpoint consolidate) and warm-start")
+        if state.get("strategy", "ddp") != self.strategy.name:
+            raise TrainingError(f"--resume: {path} was written by strategy {state.get('strategy', 'ddp')!r}, "
+                                f"the recipe says distributed.strategy={self.strategy.name!r}")
+        self.strategy.load(self.acc, self.model, self.optimizer, path)
         self.step, self.history = state["step"], state["history"]
         self.init_from = state.get("init_from")
 
@@ -393,10 +407,12 @@ class Trainer:
                     logger.log({"step": self.step, **metrics})
                     self._log(f"step {self.step}: train {loss:.4f}  val {metrics['val_loss']:.4f} nats/token  "
                               f"ppl {metrics['val_ppl']:.2f}  {metrics['val_bpb']:.4f} bits/byte")
-                if ((r.sample.every and self.step % r.sample.every == 0) or last) and self.acc.is_main_process:
-                    texts = self.samples()
-                    logger.samples(self.step, texts)
-                    self._log(f"--- sample at step {self.step} ---\n{texts[0]}\n---")
+                if (r.sample.every and self.step % r.sample.every == 0) or last:
+                    full = self.strategy.full_model(self.acc, self.model)  # collective under FSDP
+                    if full is not None:
+                        texts = self.samples(full)
+                        logger.samples(self.step, texts)
+                        self._log(f"--- sample at step {self.step} ---\n{texts[0]}\n---")
                 if (r.checkpoint.every and self.step % r.checkpoint.every == 0) or last:
                     self.save_checkpoint(metrics)
         finally:
@@ -405,13 +421,14 @@ class Trainer:
         result.steps = self.step
         result.wall_time_s = time.perf_counter() - start
         result.val_loss, result.val_bpb = metrics.get("val_loss"), metrics.get("val_bpb")
+        full = self.strategy.full_model(self.acc, self.model)  # collective under FSDP / DeepSpeed
         if self.acc.is_main_process:
             final = self.out / "final"
-            save_model(self.unwrapped, final)
+            save_model(full, final)
             self.data.tokenizer.save(final)
             summary = {"recipe": r.name, "steps": self.step, "wall_time_s": result.wall_time_s,
                        "tokens": self.step * tokens_per_step, "processes": self.processes, **metrics,
-                       "parameters": self.unwrapped.num_parameters(), "init_from": self.init_from}
+                       "parameters": full.num_parameters(), "init_from": self.init_from}
             atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=1))
             logger.plot(self.out / "loss.png", r.name)
             self._log(f"done: {self.step} steps in {result.wall_time_s:.0f} s; model in {final}")

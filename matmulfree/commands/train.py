@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from matmulfree.data import DataError
+    from matmulfree.distributed import StrategyError
     from matmulfree.errors import CLIError
     from matmulfree.recipe import load_recipe
     from matmulfree.train import TrainingError, train
@@ -47,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(recipe, args.out, resume=args.resume, init_from=args.init_from,
               allow_resize=args.init_from_allow_resize)
-    except (TrainingError, DataError) as e:
+    except (TrainingError, DataError, StrategyError) as e:
         raise CLIError(str(e)) from None
     return 0
