@@ -18,7 +18,9 @@ compute the same (see ``docs/checkpoints.md``):
   matrix) -> our fused ``w_in`` (same layout, same single scale), ``down_proj`` -> ``w_down``;
 * 8-bit activations: same absmax formula and clamp; ties rounded away from zero
   (``act_rounding = "half_away"``, libdevice ``roundf`` of the release's Triton kernel);
-* a tied head (``tie_word_embeddings``) is written as a copy of the embedding.
+* a tied head (``tie_word_embeddings``) is written as a copy of the embedding;
+* a ``tokenizer.json`` in the release folder becomes our tokenizer (``tokenizer.model`` alone is
+  not read: without ``tokenizer.json`` our commands assume the byte tokenizer).
 
 Refused, naming the config key: ``use_short_conv``, ``expand_ratio != 1``, an ``attn_mode`` other
 than ``fused_recurrent``. Every release tensor must map to one of ours: an unknown tensor, a missing
@@ -291,8 +293,27 @@ def convert_hgrn_bit(src: str | Path, out: str | Path, packed: bool = False):
     skeleton.load_state_dict(state, strict=True, assign=True)
     model = skeleton.eval()
     save_model(model, out, packed=packed)
+    copy_tokenizer(release.folder, out)
     return model
 
 
-__all__ = ["ConversionError", "Release", "config_from_release", "convert_hgrn_bit", "map_release_tensors",
-           "our_name", "read_release"]
+def copy_tokenizer(src: str | Path, out: str | Path) -> bool:
+    """Save the release's ``tokenizer.json`` (Hugging Face ``tokenizers`` format) as our tokenizer of
+    ``out``; ``False`` when the release has none (our commands then assume the byte tokenizer)."""
+    path = Path(src) / "tokenizer.json"
+    if not path.is_file():
+        return False
+    from tokenizers import Tokenizer as RawTokenizer
+
+    from ..data.tokenizer import HFTokenizer
+
+    try:
+        tok = RawTokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise ConversionError(f"{path}: unreadable tokenizer ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    HFTokenizer(f"hf:{path}", tok).save(out)
+    return True
+
+
+__all__ = ["ConversionError", "Release", "config_from_release", "convert_hgrn_bit", "copy_tokenizer",
+           "map_release_tensors", "our_name", "read_release"]

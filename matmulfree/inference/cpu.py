@@ -42,9 +42,10 @@ class _Group:
     BitLinear RMSNorm gain. ``gain (P, 1, d)``, ``eps`` shared."""
 
     def __init__(self, layers: list[BitLinear]) -> None:
-        self.eps = layers[0].norm.eps
-        if any(m.norm.eps != self.eps or m.in_features != layers[0].in_features for m in layers):
-            raise ValueError("projections in one group must share in_features and eps")
+        self.eps, self.rounding = layers[0].norm.eps, layers[0].rounding
+        if any(m.norm.eps != self.eps or m.in_features != layers[0].in_features or m.rounding != self.rounding
+               for m in layers):  # fmt: skip
+            raise ValueError("projections in one group must share in_features, eps and activation rounding")
         self.P = len(layers)
         self.out = [m.out_features for m in layers]
         self.gain = torch.stack([m.norm.weight.detach().float() for m in layers]).unsqueeze(1)
@@ -114,8 +115,8 @@ class PackedGroup(_Group):
         if self.kernel is not None:
             r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # as functional.rms_norm computes it
             return self.kernel.group_forward(self.lins, x.float(), r.reshape(-1), self.out[0], QUANT_EPS, self.path,
-                                             self.threads)  # fmt: skip
-        x_q, s_x = activation_quantize(self.normed(x))  # (P, B, d) int8, (P, B, 1)
+                                             self.threads, self.rounding)  # fmt: skip
+        x_q, s_x = activation_quantize(self.normed(x), rounding=self.rounding)  # (P, B, d) int8, (P, B, 1)
         return self.mm(x_q) / (s_x * self.s_w)
 
     def weight_bytes(self) -> int:
