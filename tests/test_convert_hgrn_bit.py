@@ -292,3 +292,71 @@ def test_c_kernel_honours_half_away_rounding():
         assert torch.equal(got, want), rounding
         results[rounding] = got
     assert not torch.equal(results["half_even"], results["half_away"])
+
+
+# -- downstream: every tool takes a converted checkpoint ---------------------------------------
+def test_cpu_decoders_reproduce_the_official_greedy_tokens(converted):
+    from matmulfree.inference.cpu import PackedCPUDecoder
+    from matmulfree.inference.cpu_mlgru import EngineUnavailable, MLGRUEngine
+
+    ref = official("lb")
+    model = load_model(converted["lb"]).eval().pack()
+    prompt, n = ref["prompt"][None], len(ref["greedy"])
+    exact = PackedCPUDecoder(model)
+    logits, state = exact.prefill(prompt)
+    tokens = []
+    for _ in range(n):
+        token = logits.argmax(-1)
+        tokens.append(int(token))
+        want, _ = model.step(token, state)
+        logits, state = exact.step(token, state)
+        assert torch.equal(logits, want)  # bit-equal to the reference step
+    assert tokens == ref["greedy"].tolist()
+    try:
+        engine = MLGRUEngine(model, threads=1)
+    except EngineUnavailable as e:
+        pytest.skip(str(e))
+    out = engine.generate(prompt, n, temperature=0)
+    assert out[0, prompt.shape[1]:].tolist() == ref["greedy"].tolist()
+
+
+def test_info_eval_generate_cli_on_a_converted_checkpoint(converted, tmp_path, capsys):
+    ckpt = str(converted["nolb"])
+    assert main(["info", ckpt, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["act_rounding"] == "half_away"
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    assert main(["eval", ckpt, "--data", f"text:{text}", "--split", "train", "--seq-len", "32", "--batch-size", "4",
+                 "--json"]) == 0
+    assert "loss" in capsys.readouterr().out
+    for extra in ([], ["--packed"], ["--packed", "--engine", "torch"]):
+        assert main(["generate", ckpt, "--prompt", "ab", "--max-new-tokens", "5", "--temperature", "0", *extra]) == 0
+    outs = capsys.readouterr().out.splitlines()
+    assert len(set(outs)) == 1  # the same greedy text from every engine
+
+
+def test_pack_to_2bit_and_reload(converted, tmp_path):
+    from matmulfree.checkpoint import save_model
+
+    ref = official("lb")
+    model = load_model(converted["lb"]).eval()
+    save_model(model, tmp_path / "p", packed=True)
+    packed = load_model(tmp_path / "p", packed=True).eval()
+    assert packed.is_packed
+    with torch.no_grad():
+        a, b = model(ref["prompt"][None]).logits, packed(ref["prompt"][None]).logits
+    assert torch.equal(a.argmax(-1), b.argmax(-1)) and (a - b).abs().max() < 1e-4
+
+
+def test_power_cpu_and_ops_on_a_converted_checkpoint(converted, tmp_path):
+    out = tmp_path / "power"
+    rc = main(["power", str(converted["lb"]), "--targets", "cpu,ops", "--context", "4", "--new-tokens", "4",
+               "--warmup", "1", "--min-seconds", "0.05", "--idle-seconds", "0.05", "--out", str(out)])
+    assert rc == 0 and any(out.iterdir())
+
+
+def test_fpga_export_of_a_converted_checkpoint(converted, tmp_path):
+    pytest.importorskip("numpy")
+    rc = main(["export", str(converted["lb"]), str(tmp_path / "hls"), "--target", "vitis", "--tb-tokens", "4"])
+    assert rc == 0 and (tmp_path / "hls").is_dir()
