@@ -9,6 +9,8 @@ Measures, each command in its own process (wall time and peak resident memory fr
 ``resource.getrusage(RUSAGE_CHILDREN)`` of that process alone):
 
 * ``matmulfree convert hgrn-bit SRC OUT --packed``: conversion time and peak memory;
+* a word-level ``tokenizer.json`` of the release's vocabulary is written into the release folder
+  when it has none (a random release has no real tokenizer; the converter carries it over);
 * ``matmulfree info OUT --json``, ``matmulfree generate OUT --packed`` (greedy, C engine),
   ``matmulfree eval OUT --packed`` (a few hundred tokens of a local text): exit status, time, memory;
 * CPU decode tokens/s of the converted model, batch 1, greedy, interleaved round-robin in this
@@ -25,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -43,8 +44,8 @@ from matmulfree.energy.targets import StepRunner  # noqa: E402
 from matmulfree.inference.cpu import DenseCPUDecoder, PackedCPUDecoder  # noqa: E402
 from matmulfree.inference.cpu_mlgru import MLGRUEngine  # noqa: E402
 
-TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-        "foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 8
+#: eval text in the stand-in tokenizer's words (``w<id>``), ~1500 tokens
+TEXT = " ".join(f"w{(i * 7919) % 32000}" for i in range(1500))
 
 
 def run_measured(cmd: list[str]) -> dict:
@@ -80,7 +81,8 @@ def decode_speed(ckpt: Path, tokens: int, repeats: int, threads: int) -> dict:
     med = {k: statistics.median(v) for k, v in per.items()}
     return {"tokens_per_s": med, "tokens_per_s_all": per, "timed_tokens_per_repeat": tokens, "repeats": repeats,
             "packed_backend": packed.backend, "threads": threads,
-            "packed_over_fp32": med["packed"] / med["dense_fp32"], "engine_over_fp32": med["engine"] / med["dense_fp32"],
+            "packed_over_fp32": med["packed"] / med["dense_fp32"],
+            "engine_over_fp32": med["engine"] / med["dense_fp32"],
             "weight_bytes_per_step": {"packed": packed.weight_bytes(), "engine": engine.weight_bytes(),
                                       "dense_fp32": dense.weight_bytes()}}  # fmt: skip
 
@@ -99,6 +101,13 @@ def main() -> None:
     if args.out_dir.exists():
         shutil.rmtree(args.out_dir)
     load0 = os.getloadavg()
+    if not (args.release / "tokenizer.json").is_file():  # stand-in for the release's own tokenizer.json
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        vocab = json.loads((args.release / "config.json").read_text())["vocab_size"]
+        tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(args.release / "tokenizer.json"))
     steps = {}
     steps["convert"] = run_measured(cli("convert", "hgrn-bit", str(args.release), str(args.out_dir), "--packed"))
     print(f"convert: rc {steps['convert']['rc']}, {steps['convert']['seconds']:.1f} s, "
@@ -108,7 +117,7 @@ def main() -> None:
     text = args.out_dir.parent / "hgrn_bit_bench.txt"
     text.write_text(TEXT)
     steps["info"] = run_measured(cli("info", str(args.out_dir), "--json"))
-    steps["generate"] = run_measured(cli("generate", str(args.out_dir), "--packed", "--prompt", "Once upon a time",
+    steps["generate"] = run_measured(cli("generate", str(args.out_dir), "--packed", "--prompt", "w1 w2 w3 w4",
                                          "--max-new-tokens", "16", "--temperature", "0", "--threads",
                                          str(args.threads)))  # fmt: skip
     steps["eval"] = run_measured(cli("eval", str(args.out_dir), "--packed", "--data", f"text:{text}", "--split",

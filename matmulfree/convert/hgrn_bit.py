@@ -253,7 +253,8 @@ def map_release_tensors(release: Release, expected: dict[str, torch.Size]) -> di
         if ours is None or ours not in expected:
             raise ConversionError(f"{file}: tensor '{name}' has no counterpart in our model "
                                   f"(config.json: {release.config.get('num_hidden_layers')} layers, "
-                                  f"use_lower_bound={release.config.get('use_lower_bound', True)}); refusing to drop it")
+                                  f"use_lower_bound={release.config.get('use_lower_bound', True)}); "
+                                  "refusing to drop it")
         if tuple(tensor.shape) != tuple(expected[ours]):
             raise ConversionError(f"{file}: tensor '{name}' has shape {tuple(tensor.shape)}, config.json implies "
                                   f"{tuple(expected[ours])}")

@@ -203,7 +203,8 @@ class Kernel:
         return self.scale_div | (ROUND_HALF_AWAY_FLAG if rounding == "half_away" else 0)
 
     def group_forward(self, lins: ctypes.Array, x: torch.Tensor, r: torch.Tensor, n: int, eps: float = QUANT_EPS,
-                      path: str | None = None, threads: int = 1, rounding: str = "half_even") -> torch.Tensor:  # fmt: skip
+                      path: str | None = None, threads: int = 1,
+                      rounding: str = "half_even") -> torch.Tensor:  # fmt: skip
         """``P = len(lins)`` BitLinears (same ``K`` and ``N = n``) of one input ``x`` fp32 ``(M, K)`` after
         its RMSNorm factor ``r`` fp32 ``(M,)``: per-token int8 quantization (tie rule ``rounding``), exact
         product and rescale in the reference's fp32 order -> fp32 ``(P, M, n)``."""
