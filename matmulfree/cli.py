@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "matmulfree.commands.eval",
     "matmulfree.commands.info",
     "matmulfree.commands.export",
+    "matmulfree.commands.convert",
     "matmulfree.commands.fpga",
     "matmulfree.commands.power",
     "matmulfree.commands.checkpoint",

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .quant import ROUNDING_MODES
+
 
 class ConfigError(ValueError):
     """A config (file or dict) has an unknown field, a wrong type or an invalid value."""
@@ -141,11 +143,27 @@ class MatMulFreeConfig(_TernaryConfig):
     gate: str = doc_field("paper", "MLGRU output gate: paper (g·σ(h)) or released (RMSNorm(g)·SiLU(h))")
     forget_lower_bound: bool = doc_field(
         False, "learnable per-layer lower bound on the MLGRU forget gate (cumulative softmax over layers)")
+    bitlinear_eps: float | None = doc_field(
+        None, "epsilon of the RMSNorm inside every BitLinear, head included (null: norm_eps); "
+        "converted hgrn_bit releases use 1e-6, the value their fused kernel hard-codes")
+    act_rounding: str = doc_field(
+        "half_even", "tie rule of the 8-bit activation rounding: half_even (torch.round) or half_away "
+        "(halfway cases away from zero, as the released hgrn_bit GPU kernels computed)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.gate not in ("paper", "released"):
             raise ConfigError(f"MatMulFreeConfig: field 'gate' must be 'paper' or 'released', got {self.gate!r}")
+        if self.act_rounding not in ROUNDING_MODES:
+            raise ConfigError(f"MatMulFreeConfig: field 'act_rounding' must be one of {list(ROUNDING_MODES)}, "
+                              f"got {self.act_rounding!r}")
+        if self.bitlinear_eps is not None and self.bitlinear_eps <= 0:
+            raise ConfigError(f"MatMulFreeConfig: field 'bitlinear_eps' must be positive, got {self.bitlinear_eps}")
+
+    @property
+    def linear_eps(self) -> float:
+        """The RMSNorm epsilon inside every BitLinear (``bitlinear_eps``, else ``norm_eps``)."""
+        return self.norm_eps if self.bitlinear_eps is None else self.bitlinear_eps
 
 
 @dataclass

@@ -48,13 +48,17 @@ class BitLinear(nn.Module):
     unrounded: ``y = (x_n @ W_q^T) / s_w`` (ablations; the exact check against the ``rwkv``
     package). ``norm=False`` drops the inner RMSNorm (``x_n = x``; RWKV, whose block LayerNorm
     already normalises every projection's input, and whose reference implementation has none).
+    ``rounding`` is the activation tie rule; the Triton kernels implement ``"half_even"`` only, so a
+    ``"half_away"`` layer always takes the PyTorch path.
     """
 
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-6, init_std: float = 0.02,
-                 quantize_activations: bool = True, norm: bool = True) -> None:  # fmt: skip
+                 quantize_activations: bool = True, norm: bool = True,
+                 rounding: str = "half_even") -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features, self.eps = in_features, out_features, eps
         self.quantize_activations = quantize_activations
+        self.rounding = rounding  # activation tie rule (matmulfree.quant.ROUNDING_MODES)
         self.norm: RMSNorm | None = RMSNorm(in_features, eps) if norm else None
         self.weight: nn.Parameter | None = nn.Parameter(torch.randn(out_features, in_features) * init_std)
         self.packed = False
@@ -80,7 +84,7 @@ class BitLinear(nn.Module):
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)``."""
-        if backend.use_triton(x):
+        if self.rounding == "half_even" and backend.use_triton(x):
             from matmulfree.triton_kernels import bitlinear_dispatch
 
             return bitlinear_dispatch(self, x)
@@ -96,18 +100,19 @@ class BitLinear(nn.Module):
             w_int, s_w = ternary_quantize_ste(self.weight)
             return F.linear(x_n, w_int.to(x_n.dtype)) / s_w.to(x_n.dtype)
         if self.packed:
-            x_q, s_x = activation_quantize(x_n)
+            x_q, s_x = activation_quantize(x_n, rounding=self.rounding)
             w_q = unpack_ternary(self.weight_packed, self.in_features, torch.float32)
             y = F.linear(x_q.float(), w_q) / (s_x * self.weight_scale)
             return y.to(x.dtype)
-        x_int, s_x = activation_quantize_ste(x_n)
+        x_int, s_x = activation_quantize_ste(x_n, rounding=self.rounding)
         w_int, s_w = ternary_quantize_ste(self.weight)
         y = F.linear(x_int, w_int.to(x_int.dtype)) / (s_x * s_w).to(x_int.dtype)
         return y
 
     def extra_repr(self) -> str:
+        tie = "" if self.rounding == "half_even" else f", rounding={self.rounding}"
         return (f"in={self.in_features}, out={self.out_features}, packed={self.packed}, "
-                f"quantize_activations={self.quantize_activations}, norm={self.norm is not None}")
+                f"quantize_activations={self.quantize_activations}, norm={self.norm is not None}{tie}")
 
 
 class MLGRU(nn.Module):
@@ -116,17 +121,19 @@ class MLGRU(nn.Module):
     ``f = sigmoid(x W_f)`` (optionally ``lb + (1 - lb) f``), ``c = SiLU(x W_c)``,
     ``h_t = f_t h_{t-1} + (1 - f_t) c_t``, ``g = x W_g``, output gate ``g * sigmoid(h)`` ("paper")
     or ``RMSNorm(g) * SiLU(h)`` ("released"), then ``o = o' W_o``. State: ``h (B, d)`` in fp32.
+    ``eps``: the gate norm's epsilon; ``lin_eps`` (default ``eps``) and ``rounding``: the BitLinears'.
     """
 
     def __init__(self, d: int, gate: str = "paper", eps: float = 1e-6, init_std: float = 0.02,
-                 quantize_activations: bool = True) -> None:  # fmt: skip
+                 quantize_activations: bool = True, lin_eps: float | None = None,
+                 rounding: str = "half_even") -> None:  # fmt: skip
         super().__init__()
         self.d, self.gate = d, gate
-        qa = quantize_activations
-        self.f_proj = BitLinear(d, d, eps, init_std, qa)
-        self.c_proj = BitLinear(d, d, eps, init_std, qa)
-        self.g_proj = BitLinear(d, d, eps, init_std, qa)
-        self.o_proj = BitLinear(d, d, eps, init_std, qa)
+        qa, le = quantize_activations, (eps if lin_eps is None else lin_eps)
+        self.f_proj = BitLinear(d, d, le, init_std, qa, rounding=rounding)
+        self.c_proj = BitLinear(d, d, le, init_std, qa, rounding=rounding)
+        self.g_proj = BitLinear(d, d, le, init_std, qa, rounding=rounding)
+        self.o_proj = BitLinear(d, d, le, init_std, qa, rounding=rounding)
         self.g_norm = RMSNorm(d, eps) if gate == "released" else None
 
     def gates(
@@ -170,14 +177,16 @@ class MLGRU(nn.Module):
 
 class GLU(nn.Module):
     """Ternary GLU channel mixer: ``[g, u] = x W_in`` (one fused ``d -> 2l`` BitLinear),
-    ``y = (SiLU(g) * u) W_down``. Stateless, so the step path is the parallel path."""
+    ``y = (SiLU(g) * u) W_down``. Stateless, so the step path is the parallel path. ``W_in`` is one
+    matrix with one absmean scale (the released hgrn_bit ``gate_proj`` is stored and quantised the
+    same way)."""
 
     def __init__(self, d: int, hidden: int, eps: float = 1e-6, init_std: float = 0.02,
-                 quantize_activations: bool = True) -> None:  # fmt: skip
+                 quantize_activations: bool = True, rounding: str = "half_even") -> None:  # fmt: skip
         super().__init__()
         self.hidden = hidden
-        self.w_in = BitLinear(d, 2 * hidden, eps, init_std, quantize_activations)
-        self.w_down = BitLinear(hidden, d, eps, init_std, quantize_activations)
+        self.w_in = BitLinear(d, 2 * hidden, eps, init_std, quantize_activations, rounding=rounding)
+        self.w_down = BitLinear(hidden, d, eps, init_std, quantize_activations, rounding=rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.w_in(x).chunk(2, dim=-1)

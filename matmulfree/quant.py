@@ -9,7 +9,10 @@ these definitions. The math (``docs/design.md``, "BitLinear" and "Ternary storag
   ``x_q = clamp(round(x * s_x), -128, 127)``, so ``x ~= x_q / s_x``;
 * a BitLinear output is ``y = (x_q @ W_q^T) / (s_x * s_w)``.
 
-``round`` is round-half-to-even (``torch.round``); every implementation must use the same rule.
+``round`` is round-half-to-even (``torch.round``) by default; every implementation must use the same
+rule. Activations may instead round halfway cases away from zero (``"half_away"``, what the released
+MMfreeLM checkpoints computed on the GPU with libdevice ``roundf``), chosen per model by the config
+field ``act_rounding`` (:data:`ROUNDING_MODES`).
 
 Storage code (2-bit two's complement): ``0 -> 0b00``, ``+1 -> 0b01``, ``-1 -> 0b11``
 (``0b10`` never occurs). Four weights per byte, weight ``j`` of a row in bits
@@ -28,6 +31,8 @@ ACT_QMIN, ACT_QMAX = -128, 127
 ACT_ABSMAX = 127.0
 #: Ternary weights per packed byte.
 WEIGHTS_PER_BYTE = 4
+#: Rounding rules of the activation quantization: ties to even (``torch.round``) or away from zero.
+ROUNDING_MODES = ("half_even", "half_away")
 #: 2-bit codes of the ternary values.
 TERNARY_CODE = {0: 0b00, 1: 0b01, -1: 0b11}
 
@@ -56,16 +61,31 @@ def activation_scale(x: torch.Tensor, eps: float = QUANT_EPS) -> torch.Tensor:
     return ACT_ABSMAX / x.detach().float().abs().amax(dim=-1, keepdim=True).clamp(min=eps)
 
 
-def activation_quantize(x: torch.Tensor, eps: float = QUANT_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def round_activation(t: torch.Tensor, rounding: str = "half_even") -> torch.Tensor:
+    """Nearest integer of ``t`` (float) with the tie rule ``rounding`` (one of :data:`ROUNDING_MODES`)."""
+    if rounding == "half_even":
+        return torch.round(t)
+    if rounding == "half_away":
+        a = t.abs()
+        r = torch.floor(a)
+        r = torch.where(a - r >= 0.5, r + 1, r)  # a - floor(a) is exact in binary floating point
+        return torch.copysign(r, t)
+    raise ValueError(f"unknown activation rounding {rounding!r}; expected one of {ROUNDING_MODES}")
+
+
+def activation_quantize(
+    x: torch.Tensor, eps: float = QUANT_EPS, rounding: str = "half_even"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax int8 quantization.
 
     Args:
         x: activations ``(..., d)``.
+        rounding: tie rule, one of :data:`ROUNDING_MODES`.
     Returns:
         ``(x_q, s_x)``: ``x_q`` int8 ``(..., d)``, ``s_x`` fp32 ``(..., 1)`` with ``x ~= x_q / s_x``.
     """
     s_x = activation_scale(x, eps)
-    x_q = torch.clamp(torch.round(x.detach().float() * s_x), ACT_QMIN, ACT_QMAX).to(torch.int8)
+    x_q = torch.clamp(round_activation(x.detach().float() * s_x, rounding), ACT_QMIN, ACT_QMAX).to(torch.int8)
     return x_q, s_x
 
 
@@ -82,12 +102,16 @@ def ternary_quantize_ste(w: torch.Tensor, eps: float = QUANT_EPS) -> tuple[torch
     return w_int, s_w
 
 
-def activation_quantize_ste(x: torch.Tensor, eps: float = QUANT_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_quantize_ste(
+    x: torch.Tensor, eps: float = QUANT_EPS, rounding: str = "half_even"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-through per-token int8 quantization: ``(x_int, s_x)`` with ``x_int`` integer-valued
-    floats in [-128, 127] whose gradient is that of ``x * s_x`` (``s_x`` detached)."""
+    floats in [-128, 127] whose gradient is that of ``x * s_x`` (``s_x`` detached); ``rounding`` as in
+    :func:`activation_quantize`."""
     s_x = activation_scale(x, eps)
     scaled = x * s_x.to(x.dtype)
-    x_int = scaled + (torch.clamp(torch.round(scaled.detach()), ACT_QMIN, ACT_QMAX) - scaled.detach())
+    q = torch.clamp(round_activation(scaled.detach(), rounding), ACT_QMIN, ACT_QMAX)
+    x_int = scaled + (q - scaled.detach())
     return x_int, s_x
 
 

@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         tok = load_tokenizer(args.checkpoint)
     except DataError as e:
         raise CLIError(str(e)) from None
+    if tok.vocab_size < model.config.vocab_size:
+        raise CLIError(f"the model's vocabulary ({model.config.vocab_size}) exceeds its tokenizer's ({tok.spec}, "
+                       f"{tok.vocab_size}); put the model's tokenizer.json in {args.checkpoint} "
+                       "(matmulfree convert copies a release's tokenizer.json)")
     ids = tok.encode(args.prompt)
     if not ids:
         raise CLIError("--prompt is empty after tokenization")

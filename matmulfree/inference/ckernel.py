@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..quant import ACT_ABSMAX, QUANT_EPS, activation_scale, unpack_ternary
+from ..quant import ACT_ABSMAX, QUANT_EPS, ROUNDING_MODES, activation_scale, unpack_ternary
 
 #: Rows per tile and columns per 64-byte chunk of the layout.
 TILE_ROWS = 16
@@ -47,6 +47,8 @@ CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 
 _p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+#: Bit of the C quantization mode selecting ties-away-from-zero rounding (``MMF_ROUND_HALF_AWAY`` in tmm.h).
+ROUND_HALF_AWAY_FLAG = 2
 
 
 class Lin(ctypes.Structure):
@@ -193,18 +195,27 @@ class Kernel:
             raise RuntimeError("ckernel.mm failed")
         return out
 
+    def quant_mode(self, rounding: str = "half_even") -> int:
+        """The C quantization mode: this PyTorch's scale rule (bit 0) and the tie rule ``rounding``
+        (:data:`matmulfree.quant.ROUNDING_MODES`; bit 1 for ``"half_away"``)."""
+        if rounding not in ROUNDING_MODES:
+            raise ValueError(f"unknown activation rounding {rounding!r}; expected one of {ROUNDING_MODES}")
+        return self.scale_div | (ROUND_HALF_AWAY_FLAG if rounding == "half_away" else 0)
+
     def group_forward(self, lins: ctypes.Array, x: torch.Tensor, r: torch.Tensor, n: int, eps: float = QUANT_EPS,
-                      path: str | None = None, threads: int = 1) -> torch.Tensor:  # fmt: skip
+                      path: str | None = None, threads: int = 1,
+                      rounding: str = "half_even") -> torch.Tensor:  # fmt: skip
         """``P = len(lins)`` BitLinears (same ``K`` and ``N = n``) of one input ``x`` fp32 ``(M, K)`` after
-        its RMSNorm factor ``r`` fp32 ``(M,)``: per-token int8 quantization, exact product and rescale in
-        the reference's fp32 order -> fp32 ``(P, M, n)``."""
+        its RMSNorm factor ``r`` fp32 ``(M,)``: per-token int8 quantization (tie rule ``rounding``), exact
+        product and rescale in the reference's fp32 order -> fp32 ``(P, M, n)``."""
         M = x.shape[0]
         out = torch.empty(len(lins), M, n, dtype=torch.float32)
         x, r = x.contiguous(), r.contiguous()
         pool = self.pool(threads)
         with pool.lock:
             rc = self.lib.mmf_group_forward(ctypes.addressof(lins), len(lins), x.data_ptr(), r.data_ptr(), M,
-                                            out.data_ptr(), eps, self.scale_div, PATHS.index(self.check_path(path)),
+                                            out.data_ptr(), eps, self.quant_mode(rounding),
+                                            PATHS.index(self.check_path(path)),
                                             pool.ptr)  # fmt: skip
         if rc:
             raise RuntimeError("ckernel.group_forward failed")

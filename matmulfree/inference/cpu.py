@@ -46,8 +46,10 @@ class _Group:
         if any((m.norm is not None) != self.has_norm for m in layers):
             raise ValueError("projections in one group must all have an inner RMSNorm or all have none")
         self.eps = layers[0].norm.eps if self.has_norm else layers[0].eps
-        if any(m.eps != self.eps or m.in_features != layers[0].in_features for m in layers):
-            raise ValueError("projections in one group must share in_features and eps")
+        self.rounding = layers[0].rounding
+        if any(m.eps != self.eps or m.in_features != layers[0].in_features or m.rounding != self.rounding
+               for m in layers):  # fmt: skip
+            raise ValueError("projections in one group must share in_features, eps and activation rounding")
         if any(not m.quantize_activations for m in layers):
             raise ValueError("the CPU engine computes int8 activations; a BitLinear has quantize_activations=False")
         self.P = len(layers)
@@ -126,8 +128,8 @@ class PackedGroup(_Group):
             else:
                 r = torch.ones(x.shape[0], 1)
             return self.kernel.group_forward(self.lins, x.float(), r.reshape(-1), self.out[0], QUANT_EPS, self.path,
-                                             self.threads)  # fmt: skip
-        x_q, s_x = activation_quantize(self.normed(x))  # (P, B, d) int8, (P, B, 1)
+                                             self.threads, self.rounding)  # fmt: skip
+        x_q, s_x = activation_quantize(self.normed(x), rounding=self.rounding)  # (P, B, d) int8, (P, B, 1)
         return self.mm(x_q) / (s_x * self.s_w)
 
     def weight_bytes(self) -> int:

@@ -126,7 +126,7 @@ class MLGRUEngine:
         self._model = MLGRUModel(self.L, self.d, self.l, self.V, self.embed.data_ptr(), ctypes.addressof(self._layers),
                                  self._f32(model.norm.weight).data_ptr(), model.norm.eps,
                                  ctypes.addressof(self._head) if self._head is not None else None, QUANT_EPS,
-                                 self.kernel.scale_div)  # fmt: skip
+                                 self.kernel.quant_mode(cfg.act_rounding))  # fmt: skip
         self.pool = ckernel.ThreadPool(self.kernel, self.threads)
         self.threads = self.pool.threads
         self._ptr = self.kernel.lib.mmf_engine_new(ctypes.addressof(self._model), self.pool.ptr,

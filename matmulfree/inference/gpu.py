@@ -133,6 +133,11 @@ class MatMulFreeDecoder(_DecoderBase):
         bitlinears = [m for m in model.modules() if isinstance(m, BitLinear)]
         if not bitlinears or not all(m.packed for m in bitlinears):
             raise ValueError("MatMulFreeDecoder needs a packed model: call model.pack() first")
+        if cfg.act_rounding != "half_even" or cfg.linear_eps != cfg.norm_eps:
+            field = "act_rounding" if cfg.act_rounding != "half_even" else "bitlinear_eps"
+            raise ValueError(f"MatMulFreeDecoder: config field '{field}'={getattr(cfg, field)!r} is not implemented by "
+                             "the fused decode kernels (ties to even, one eps for every norm); use the PyTorch path "
+                             "(model.step) or set act_rounding to half_even (differs only at exact rounding ties)")
         self.model, self.B = model, batch_size
         self.eps = cfg.norm_eps
         dev = model.embed.weight.device

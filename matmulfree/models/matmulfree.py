@@ -22,11 +22,12 @@ class MatMulFreeBlock(nn.Module):
     def __init__(self, config: MatMulFreeConfig) -> None:
         super().__init__()
         d, eps, std = config.d_model, config.norm_eps, config.init_std
+        lin_eps, rounding = config.linear_eps, config.act_rounding
         self.mixer_norm = RMSNorm(d, eps)
         qa = config.quantize_activations
-        self.mixer = MLGRU(d, config.gate, eps, std, qa)
+        self.mixer = MLGRU(d, config.gate, eps, std, qa, lin_eps, rounding)
         self.mlp_norm = RMSNorm(d, eps)
-        self.mlp = GLU(d, config.intermediate_size, eps, std, qa)
+        self.mlp = GLU(d, config.intermediate_size, lin_eps, std, qa, rounding)
 
     def forward(self, x, h0=None, lower_bound=None):
         o, h = self.mixer(self.mixer_norm(x), h0, lower_bound)
@@ -54,8 +55,8 @@ class MatMulFreeLM(LanguageModel):
         self.layers = nn.ModuleList(MatMulFreeBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(d, config.norm_eps)
         if config.ternary_head:
-            self.lm_head = BitLinear(d, config.vocab_size, config.norm_eps, config.init_std,
-                                     config.quantize_activations)
+            self.lm_head = BitLinear(d, config.vocab_size, config.linear_eps, config.init_std,
+                                     config.quantize_activations, rounding=config.act_rounding)
         else:
             self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         # Forget-gate lower bounds (released form): raw logits per layer and channel.

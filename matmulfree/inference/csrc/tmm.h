@@ -53,8 +53,10 @@ typedef struct {
 } mmf_lin;
 
 /* Quantize one input row exactly as the reference does in fp32: t = (x * r) * g,
-   s = 127 / max(max|t|, qeps) (scale_div) or (1 / max) * 127, q = clamp(rint(t * s), -128, 127).
+   s = 127 / max(max|t|, qeps) (scale_div bit 0 set) or (1 / max) * 127, q = clamp(round(t * s), -128, 127)
+   with round = rint (ties to even) or, with bit 1 (MMF_ROUND_HALF_AWAY) set, roundf (ties away from zero).
    Writes Kp int8 values (zero padded); returns s; *xsum = sum(q). */
+#define MMF_ROUND_HALF_AWAY 2
 float mmf_quantize_row(const float *x, float r, const float *g, int64_t K, int64_t Kp, float qeps, int scale_div,
                        int8_t *q, int32_t *xsum);
 

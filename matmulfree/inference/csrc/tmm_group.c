@@ -14,10 +14,12 @@ float mmf_quantize_row(const float *x, float r, const float *g, int64_t K, int64
         amax = t > amax ? t : amax;
     }
     if (!(amax >= qeps)) amax = qeps;
-    float s = scale_div ? 127.0f / amax : (1.0f / amax) * 127.0f;
+    float s = (scale_div & 1) ? 127.0f / amax : (1.0f / amax) * 127.0f;
+    int away = scale_div & MMF_ROUND_HALF_AWAY;
     int32_t sum = 0;
     for (int64_t k = 0; k < K; k++) {
-        float v = nearbyintf(((x[k] * r) * g[k]) * s);
+        float t = ((x[k] * r) * g[k]) * s;
+        float v = away ? roundf(t) : nearbyintf(t);
         v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
         q[k] = (int8_t)v;
         sum += (int32_t)q[k];
