@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "matmulfree.commands.eval",
     "matmulfree.commands.info",
     "matmulfree.commands.export",
+    "matmulfree.commands.importer",
     "matmulfree.commands.fpga",
     "matmulfree.commands.power",
 ]
@@ -39,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands.export import with_default_verb
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_verb(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

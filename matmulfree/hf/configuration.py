@@ -41,7 +41,7 @@ class MatmulfreeHFConfig(PretrainedConfig):
         for name in names:
             setattr(self, name, getattr(config, name))
         kwargs["tie_word_embeddings"] = False  # both models keep an untied LM head
-        kwargs.setdefault("use_cache", True)
+        self.use_cache = bool(kwargs.pop("use_cache", True))
         super().__init__(**kwargs)
 
     def to_matmulfree(self) -> _BaseConfig:
@@ -59,7 +59,11 @@ class MatmulfreeHFConfig(PretrainedConfig):
 
 def _config_class(architecture: str, our_cls: type[_BaseConfig]) -> type[MatmulfreeHFConfig]:
     name = "HF" + our_cls.__name__  # HFMatMulFreeConfig, HFTransformerConfig, ...
+    def __init__(self, **kwargs: Any) -> None:  # own __init__: transformers would replace an inherited one
+        MatmulfreeHFConfig.__init__(self, **kwargs)
+
     cls = type(name, (MatmulfreeHFConfig,), {
+        "__init__": __init__,
         "model_type": hf_model_type(architecture),
         "our_config_class": our_cls,
         "__module__": __name__,

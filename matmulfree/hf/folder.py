@@ -74,9 +74,15 @@ def load_hf(directory: str | Path) -> MatmulfreeForCausalLM:
     if not cfg.is_file():
         raise CheckpointError(f"{cfg}: missing (not a transformers model folder)")
     try:
-        model_type = json.loads(cfg.read_text()).get("model_type")
+        data = json.loads(cfg.read_text())
     except ValueError as e:
         raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg}: expected a JSON object, got {type(data).__name__}")
+    if "architecture" in data and "model_type" not in data:
+        raise CheckpointError(f"{cfg}: this is already a matmulfree checkpoint (architecture "
+                              f"{data['architecture']!r}); 'export hf' writes the transformers form")
+    model_type = data.get("model_type")
     from .configuration import CONFIG_CLASSES_HF
 
     known = sorted(c.model_type for c in CONFIG_CLASSES_HF.values())
