@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..models import build_model
 from ..models.base import IGNORE_INDEX, LanguageModel, next_token_loss
-from ..models.state import can_concat, concat_states, select_state, state_nbytes
+from ..models.state import can_concat, concat_states, run_prompts, select_state, state_nbytes
 from .configuration import MatmulfreeHFConfig, ensure_config_classes
 
 #: The keyword under which this ``transformers`` passes the cache around (``cache`` since 5.x,
@@ -102,27 +102,6 @@ class StateCache(Cache):
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a recurrent state cannot be rolled back; assisted decoding is not supported")
-
-
-def run_rows(model: LanguageModel, rows: list[list[int]], device: torch.device) -> tuple[list[torch.Tensor], list[Any]]:
-    """Run each token list of ``rows`` from a fresh state, rows of equal length in one batch.
-
-    Returns per row the logits ``(n_i, V)`` and the state after its last token (batch of one).
-    """
-    logits: list[torch.Tensor | None] = [None] * len(rows)
-    states: list[Any] = [None] * len(rows)
-    by_length: dict[int, list[int]] = {}
-    for i, tokens in enumerate(rows):
-        by_length.setdefault(len(tokens), []).append(i)
-    for length, members in by_length.items():
-        if length == 0:
-            raise ValueError("a row of the batch has no tokens (its attention_mask is all zeros)")
-        ids = torch.tensor([rows[i] for i in members], dtype=torch.long, device=device)
-        out = model(ids)
-        for j, i in enumerate(members):
-            logits[i] = out.logits[j]
-            states[i] = select_state(out.state, [j])
-    return logits, states
 
 
 class MatmulfreeForCausalLM(PreTrainedModel, GenerationMixin):
@@ -206,7 +185,7 @@ class MatmulfreeForCausalLM(PreTrainedModel, GenerationMixin):
             cache.state = out.state
             return out.logits
         rows = [input_ids[b][mask[b]].tolist() for b in range(input_ids.shape[0])]
-        row_logits, row_states = run_rows(self.model, rows, input_ids.device)
+        row_logits, row_states = run_prompts(self.model, rows, input_ids.device)
         logits = row_logits[0].new_zeros(*input_ids.shape, row_logits[0].shape[-1])
         for b, lg in enumerate(row_logits):
             logits[b, mask[b]] = lg

@@ -75,7 +75,6 @@ def select_state(state: State, index: torch.Tensor | Sequence[int]) -> State:
 
 
 def _structure(state: State) -> Any:
-    """The state with every batched tensor replaced by its per-row shape, dtype and device."""
     if isinstance(state, torch.Tensor):
         return ("tensor", tuple(state.shape[1:]), state.dtype, state.device) if state.dim() >= 1 else state.item()
     if isinstance(state, (list, tuple)):
@@ -87,13 +86,19 @@ def _structure(state: State) -> Any:
     return state
 
 
+def state_signature(state: State) -> str:
+    """The state's structure with every batched tensor replaced by its per-row shape, dtype and
+    device: states with equal signatures can be joined into one batch."""
+    return repr(_structure(state))
+
+
 def can_concat(states: Sequence[State]) -> bool:
     """Whether :func:`concat_states` can join these states (same structure and per-row shapes:
     recurrent states always, KV caches only when they hold the same number of tokens)."""
     if not states or any(s is None for s in states):
         return False
-    first = _structure(states[0])
-    return all(_structure(s) == first for s in states[1:])
+    first = state_signature(states[0])
+    return all(state_signature(s) == first for s in states[1:])
 
 
 def concat_states(states: Sequence[State]) -> State:
@@ -107,3 +112,35 @@ def concat_states(states: Sequence[State]) -> State:
     parts = [_tensors(s) for s in states]
     joined = iter([torch.cat(column, dim=0) for column in zip(*parts)])
     return map_state(lambda _t: next(joined), states[0])
+
+
+def run_prompts(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    device: torch.device | str,
+    batch_size: int | None = None,
+    last_only: bool = False,
+) -> tuple[list[torch.Tensor], list[State]]:
+    """Run each token list from a fresh state through the parallel path, prompts of equal length
+    together (at most ``batch_size`` per call).
+
+    Returns per prompt its logits ``(n_i, V)`` (``(V,)`` of the last token with ``last_only``) and
+    the state after its last token (batch of one).
+    """
+    logits: list[Any] = [None] * len(prompts)
+    states: list[State] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, tokens in enumerate(prompts):
+        if len(tokens) == 0:
+            raise ValueError(f"prompt {i} has no tokens")
+        by_length.setdefault(len(tokens), []).append(i)
+    for members in by_length.values():
+        step = batch_size or len(members)
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            ids = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long, device=device)
+            out = model(ids)
+            for j, i in enumerate(chunk):
+                logits[i] = out.logits[j, -1] if last_only else out.logits[j]
+                states[i] = select_state(out.state, [j])
+    return logits, states
