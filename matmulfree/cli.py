@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "matmulfree.commands.info",
     "matmulfree.commands.export",
     "matmulfree.commands.convert",
+    "matmulfree.commands.importer",
     "matmulfree.commands.fpga",
     "matmulfree.commands.power",
     "matmulfree.commands.checkpoint",
@@ -42,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands.export import with_default_verb
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_verb(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

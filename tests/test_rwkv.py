@@ -279,7 +279,9 @@ def test_export_refuses_what_rwkv4_cannot_hold(tmp_path):
                                              "intermediate_size": 32})), tmp_path / "mlgru")  # fmt: skip
     assert main(["export", "rwkv4", str(tmp_path / "mlgru"), str(tmp_path / "x.pth")]) == 2
     assert not (tmp_path / "x.pth").exists()
-    assert main(["export", "rwkv4", str(tmp_path / "mlgru")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse: OUT.pth is missing
+        main(["export", "rwkv4", str(tmp_path / "mlgru")])
+    assert exit_info.value.code == 2
 
 
 # -- CPU packed decode --------------------------------------------------------------------------------
