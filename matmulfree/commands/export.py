@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         module = importlib.import_module(module_name)
         fp = verbs.add_parser(verb, help=help_text, description=module.__doc__.split("\n\n")[0])
         fp.add_argument("checkpoint", help="model directory (config.json + model.safetensors [+ tokenizer])")
-        fp.add_argument("out", help="output (hf: a folder, written beside it and moved into place; rwkv4: the .pth file)")
+        fp.add_argument("out", help="output (hf: a folder, built beside it, then moved; rwkv4: the .pth file)")
         module.add_export_arguments(fp)
         fp.set_defaults(func=module.run_export)
     fpga = verbs.add_parser(
