@@ -69,7 +69,8 @@ def run_matmulfree(name: str, batches: list[int], context: int, n: int, bandwidt
             rows.append(_row(kind, name, batch, steps_per_s(dec, n), dec.weight_bytes(), bandwidth,
                              eager_steps_per_s=eager, first_step_s=first, kernel_launches_per_step=launches))
             r = rows[-1]
-            print(f"{name} B={batch} {kind}: {r['tokens_per_s']:.0f} tok/s, {r['bytes_per_step'] / 2**20:.1f} MiB/step, "
+            print(f"{name} B={batch} {kind}: {r['tokens_per_s']:.0f} tok/s, "
+                  f"{r['bytes_per_step'] / 2**20:.1f} MiB/step, "
                   f"{r['bound_fraction_measured_bw']:.3f} of measured bandwidth ({launches} launches)")  # fmt: skip
             del dec
     set_kernel_backend(None)

@@ -12,11 +12,12 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from matmulfree.triton_kernels.fused_decode import fused_bitlinear, fused_bitlinear_naive  # noqa: E402
+
 from matmulfree import build_model, preset  # noqa: E402
 from matmulfree.backend import set_kernel_backend  # noqa: E402
 from matmulfree.inference.gpu import FusedMatMulFreeDecoder  # noqa: E402
 from matmulfree.quant import pack_ternary  # noqa: E402
-from matmulfree.triton_kernels.fused_decode import fused_bitlinear, fused_bitlinear_naive  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
