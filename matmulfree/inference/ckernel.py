@@ -41,7 +41,7 @@ TILE_ROWS = 16
 CHUNK_K = 16
 #: Dispatch paths by id (the order of the C enum), and the preference order.
 PATHS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "neon-dotprod", "avx2-lut")
-PREFERENCE = ("avx512vnni", "avxvnni", "avx2", "avx2-lut", "neon-dotprod", "neon", "scalar")
+PREFERENCE = ("avx512vnni", "avxvnni", "avx2-lut", "avx2", "neon-dotprod", "neon", "scalar")
 SOURCES = ("tmm_kernels.c", "tmm_pool.c", "tmm_group.c", "mlgru_engine.c")
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-pthread")

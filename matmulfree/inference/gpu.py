@@ -232,8 +232,8 @@ class FusedMatMulFreeDecoder(MatMulFreeDecoder):
     released gate's norm and the residual; ``w_in`` with the MLP norm and ``SiLU(g) * u``; ``w_down``
     with the residual. Then the head with the final norm.
 
-    Every intermediate lives in a static buffer (:meth:`buffers`), so the step, argmax feedback
-    included, is captured by :meth:`capture` as one CUDA graph; without CUDA the same step runs
+    Every intermediate lives in a static buffer (``buffers()``), so the step, argmax feedback
+    included, is captured by ``capture()`` as one CUDA graph; without CUDA the same step runs
     eagerly (under ``TRITON_INTERPRET=1`` on the CPU).
     """
 

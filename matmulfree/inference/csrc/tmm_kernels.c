@@ -344,8 +344,10 @@ mmf_tile_fn mmf_tile_kernel(int path) {
     }
 }
 
+/* avx2-lut before avx2: 7-8% faster by thread CPU time on the 2-core AMD EPYC sandbox
+   (bench/cpu_paths.py; BENCHMARKS.md, "CPU dispatch paths"). */
 int mmf_best_path(void) {
-    static const int order[] = {MMF_PATH_AVX512VNNI, MMF_PATH_AVXVNNI, MMF_PATH_AVX2, MMF_PATH_AVX2_LUT,
+    static const int order[] = {MMF_PATH_AVX512VNNI, MMF_PATH_AVXVNNI, MMF_PATH_AVX2_LUT, MMF_PATH_AVX2,
                                 MMF_PATH_NEON_DOTPROD, MMF_PATH_NEON, MMF_PATH_SCALAR};
     for (unsigned i = 0; i < sizeof(order) / sizeof(order[0]); i++)
         if (mmf_path_supported(order[i])) return order[i];
