@@ -21,8 +21,9 @@ step() {  # step NAME SECONDS CMD...
   if [ -n "${TAR_TO:-}" ]; then tar czf "$TAR_TO" -C "$LOG" .; fi  # keep a copy of the logs so far
 }
 MATMULFREE_AUTOTUNE=${TEST_AUTOTUNE:-0} step tests "${TESTS_CAP:-200}" python3 -m pytest ${PYTEST_ARGS:--x -q} tests/test_triton_bitlinear.py \
-  tests/test_triton_scan.py tests/test_triton_packed.py tests/test_triton_decode.py tests/test_triton_model.py
+  tests/test_triton_scan.py tests/test_triton_packed.py tests/test_triton_decode.py tests/test_triton_fused_decode.py tests/test_triton_model.py
 step mlgru "${MLGRU_CAP:-60}" python3 bench/bench_mlgru.py --out "$LOG/mlgru.json"
 step bitlinear "${BITLINEAR_CAP:-150}" python3 bench/bench_bitlinear.py --out "$LOG/bitlinear.json"
 step decode "${DECODE_CAP:-200}" python3 bench/bench_decode.py --out "$LOG/decode.json"
 step memory "${MEMORY_CAP:-120}" python3 bench/bench_inference_memory.py --out "$LOG/inference_memory.json"
+step gpu_decode "${GPU_DECODE_CAP:-400}" python3 bench/gpu_decode.py --out "$LOG/gpu_decode.json"

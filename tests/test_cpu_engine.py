@@ -65,7 +65,8 @@ def test_every_path_is_exact(path):
     for w, x in _cases(torch.Generator().manual_seed(0)):
         k = w.shape[1]
         want = x[:, :k].long() @ w.long().t()
-        tiles = ckernel.pack_tiles(w).unsqueeze(0)
+        tiles = ckernel.pack_tiles(w, kernel.lut_layout(path)).unsqueeze(0)
+        assert torch.equal(ckernel.unpack_tiles(tiles[0], *w.shape, lut=kernel.lut_layout(path)), w)
         for threads in (1, 2):
             got = kernel.mm(tiles, x.unsqueeze(0), w.shape[0], path, threads)[0]
             assert torch.equal(got.long(), want), (path, tuple(w.shape), x.shape[0], threads)

@@ -9,7 +9,9 @@ Each kernel sits beside a plain PyTorch ``*_naive`` reference in the same module
 * :mod:`.wkv` — RWKV-4 WKV recurrence forward/backward (running-max form, fp32);
 * :mod:`.packed` — packed ternary GEMV/GEMM on the 2-bit storage code;
 * :mod:`.decode` — fused MLGRU decode step (the CUDA-graph decoders that use it are in
-  :mod:`matmulfree.inference.gpu`).
+  :mod:`matmulfree.inference.gpu`);
+* :mod:`.fused_decode` — one launch per decode BitLinear group: norms and int8 quantization in
+  the packed GEMV's prologue, residual / MLGRU recurrence / GLU in its epilogue.
 
 ``matmulfree.layers`` calls :func:`bitlinear_dispatch` and :func:`mlgru_scan`, the RWKV model
 :func:`wkv` (see
@@ -21,6 +23,7 @@ from ._common import INTERPRET
 from .bitlinear import bitlinear_train, bitlinear_train_naive, int8_matmul, ternary_weight, weight_cache
 from .decode import mlgru_step, mlgru_step_naive
 from .dispatch import bitlinear_dispatch
+from .fused_decode import fused_bitlinear, fused_bitlinear_naive
 from .norm_quant import rmsnorm_quantize, rmsnorm_quantize_multi, rmsnorm_quantize_naive
 from .packed import packed_bitlinear, packed_bitlinear_naive, packed_matmul, packed_matmul_naive
 from .scan import mlgru_scan, mlgru_scan_naive
@@ -31,6 +34,8 @@ __all__ = [
     "bitlinear_dispatch",
     "bitlinear_train",
     "bitlinear_train_naive",
+    "fused_bitlinear",
+    "fused_bitlinear_naive",
     "int8_matmul",
     "mlgru_scan",
     "mlgru_scan_naive",

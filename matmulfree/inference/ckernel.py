@@ -40,8 +40,8 @@ from ..quant import ACT_ABSMAX, QUANT_EPS, ROUNDING_MODES, activation_scale, unp
 TILE_ROWS = 16
 CHUNK_K = 16
 #: Dispatch paths by id (the order of the C enum), and the preference order.
-PATHS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "neon-dotprod")
-PREFERENCE = ("avx512vnni", "avxvnni", "avx2", "neon-dotprod", "neon", "scalar")
+PATHS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "neon-dotprod", "avx2-lut")
+PREFERENCE = ("avx512vnni", "avxvnni", "avx2-lut", "avx2", "neon-dotprod", "neon", "scalar")
 SOURCES = ("tmm_kernels.c", "tmm_pool.c", "tmm_group.c", "mlgru_engine.c")
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-pthread")
@@ -76,9 +76,11 @@ def padded(n: int, multiple: int = CHUNK_K) -> int:
     return -(-n // multiple) * multiple
 
 
-def pack_tiles(w_q: torch.Tensor) -> torch.Tensor:
+def pack_tiles(w_q: torch.Tensor, lut: bool = False) -> torch.Tensor:
     """Ternary ``(N, K)`` (values in {-1, 0, 1}) -> the tile layout, uint8 ``(Np / 16, Kp * 4)``
-    (``Kp / 16`` chunks of 64 bytes per tile; padding weights are 0)."""
+    (``Kp / 16`` chunks of 64 bytes per tile; padding weights are 0). ``lut``: the look-up-table
+    paths' layout (:meth:`Kernel.lut_layout`), the same bytes with each chunk's ``(r, j)`` order
+    transposed to ``(j, r)``."""
     n, k = w_q.shape
     np_, kp = padded(n, TILE_ROWS), padded(k, CHUNK_K)
     u = torch.ones(np_, kp, dtype=torch.uint8)
@@ -86,7 +88,10 @@ def pack_tiles(w_q: torch.Tensor) -> torch.Tensor:
     u = u.view(np_ // 16, 16, kp // 16, 4, 4)  # (tile, r, chunk, s, j): column 16c + 4s + j
     u = u.permute(0, 2, 1, 4, 3)  # (tile, chunk, r, j, s)
     shifts = (torch.arange(4, dtype=torch.uint8) * 2).view(1, 1, 1, 1, 4)
-    return (u << shifts).sum(dim=-1, dtype=torch.int32).to(torch.uint8).reshape(np_ // 16, -1).contiguous()
+    b = (u << shifts).sum(dim=-1, dtype=torch.int32).to(torch.uint8)  # (tile, chunk, r, j)
+    if lut:
+        b = b.transpose(2, 3)  # (tile, chunk, j, r)
+    return b.reshape(np_ // 16, -1).contiguous()
 
 
 def pack_tiles_from_storage(packed: torch.Tensor, k: int) -> torch.Tensor:
@@ -94,10 +99,11 @@ def pack_tiles_from_storage(packed: torch.Tensor, k: int) -> torch.Tensor:
     return pack_tiles(unpack_ternary(packed, k))
 
 
-def unpack_tiles(tiles: torch.Tensor, n: int, k: int) -> torch.Tensor:
+def unpack_tiles(tiles: torch.Tensor, n: int, k: int, lut: bool = False) -> torch.Tensor:
     """Inverse of :func:`pack_tiles` (for tests): int8 ``(n, k)``."""
     t = tiles.shape[0]
-    b = tiles.reshape(t, -1, 16, 4, 1)  # (tile, chunk, r, j, 1)
+    b = tiles.reshape(t, -1, 4, 16).transpose(2, 3) if lut else tiles.reshape(t, -1, 16, 4)
+    b = b.unsqueeze(-1)  # (tile, chunk, r, j, 1)
     u = (b >> (torch.arange(4, dtype=torch.uint8) * 2).view(1, 1, 1, 1, 4)) & 3  # (tile, chunk, r, j, s)
     w = u.permute(0, 2, 1, 4, 3).reshape(t * 16, -1).to(torch.int8) - 1
     return w[:n, :k]
@@ -131,6 +137,7 @@ class Kernel:
         lib = self.lib = ctypes.CDLL(str(path))
         sig = {
             "mmf_path_supported": ([_i32], _i32), "mmf_path_compiled": ([_i32], _i32), "mmf_best_path": ([], _i32),
+            "mmf_path_layout": ([_i32], _i32),
             "mmf_pool_new": ([_i32], _p), "mmf_pool_free": ([_p], None), "mmf_pool_threads": ([_p], _i32),
             "mmf_mm": ([_p, _p, _p, _i64, _i64, _i64, _i64, _i32, _p], _i32),
             "mmf_group_forward": ([_p, _i64, _p, _p, _i64, _p, _f32, _i32, _i32, _p], _i32),
@@ -169,6 +176,11 @@ class Kernel:
                              f"{self.supported_paths()}")  # fmt: skip
         return path
 
+    def lut_layout(self, path: str | None) -> bool:
+        """Whether ``path`` (``None``: :meth:`best_path`) reads weights in the look-up-table layout
+        (``pack_tiles(w, lut=True)``)."""
+        return bool(self.lib.mmf_path_layout(PATHS.index(self.check_path(path))))
+
     def pool(self, threads: int) -> ThreadPool:
         """The shared pool of ``threads`` threads (created on first use)."""
         if threads not in self._pools:
@@ -178,8 +190,9 @@ class Kernel:
     # -- products ------------------------------------------------------------------------------
     def mm(self, tiles: torch.Tensor, x_q: torch.Tensor, n: int, path: str | None = None,
            threads: int = 1) -> torch.Tensor:  # fmt: skip
-        """``P`` independent products: ``tiles`` uint8 ``(P, Np / 16, Kp * 4)`` from :func:`pack_tiles`,
-        ``x_q`` int8 ``(P, M, Kp)`` -> ``x_q @ W^T`` int32 ``(P, M, n)``."""
+        """``P`` independent products: ``tiles`` uint8 ``(P, Np / 16, Kp * 4)`` from :func:`pack_tiles`
+        (in ``path``'s layout, :meth:`lut_layout`), ``x_q`` int8 ``(P, M, Kp)`` -> ``x_q @ W^T`` int32
+        ``(P, M, n)``."""
         P, M, kp = x_q.shape
         if (tiles.dim() != 3 or tiles.shape[0] != P or tiles.shape[2] != kp * 4 or tiles.shape[1] * 16 < n
                 or x_q.dtype != torch.int8 or tiles.dtype != torch.uint8 or kp % CHUNK_K):

@@ -104,7 +104,7 @@ class PackedGroup(_Group):
         self.kernel, self.threads = kernel, threads
         if kernel is not None:
             self.path = kernel.check_path(path)
-            self.tiles = [ckernel.pack_tiles(w) for w in self.w_q]
+            self.tiles = [ckernel.pack_tiles(w, kernel.lut_layout(self.path)) for w in self.w_q]
             self.gains = [g.reshape(-1).contiguous() for g in self.gain]
             n, k = self.out[0], layers[0].in_features
             self.lins = (ckernel.Lin * self.P)(*[lin_struct(t, g, s, self.eps, n, k) for t, g, s in

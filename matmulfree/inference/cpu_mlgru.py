@@ -141,7 +141,7 @@ class MLGRUEngine:
         return t
 
     def _lin_from(self, w_q: torch.Tensor, s_w: torch.Tensor, gain: torch.Tensor, eps: float) -> ckernel.Lin:
-        tiles = ckernel.pack_tiles(w_q)
+        tiles = ckernel.pack_tiles(w_q, self.kernel.lut_layout(self.path))
         self._keep.append(tiles)
         return lin_struct(tiles, gain, float(s_w), eps, w_q.shape[0], w_q.shape[1])
 

@@ -4,6 +4,8 @@
 launches per layer (norm+quantize of the f/c/g inputs, one packed GEMV for f/c/g, the fused MLGRU
 step with the o-projection's norm+quantize, the o GEMV with the residual add, and the same three
 for the GLU) on static buffers, and captures the whole step in a CUDA graph.
+:class:`FusedMatMulFreeDecoder` runs the same step in 4 launches per layer (norms, quantization and
+element-wise work fused into the packed products' prologues and epilogues) on static buffers.
 :class:`TransformerDecoder` gives the Transformer++ baseline the same treatment (static bf16 KV
 cache written in place, graph-captured step), so speed comparisons stay fair. Both feed the greedy
 next token back into their input buffer inside the graph, so repeated :meth:`~MatMulFreeDecoder.replay` decodes with
@@ -23,6 +25,7 @@ from matmulfree.layers import BitLinear
 from matmulfree.models.transformer import apply_rope, rope_tables
 from matmulfree.triton_kernels._common import check_device
 from matmulfree.triton_kernels.decode import mlgru_step
+from matmulfree.triton_kernels.fused_decode import fused_bitlinear
 from matmulfree.triton_kernels.norm_quant import rmsnorm_quantize_multi
 from matmulfree.triton_kernels.packed import packed_matmul
 
@@ -229,6 +232,65 @@ class MatMulFreeDecoder(_DecoderBase):
         return n
 
 
+class FusedMatMulFreeDecoder(MatMulFreeDecoder):
+    """:class:`MatMulFreeDecoder` in ``4 L + 1`` launches: each BitLinear group's norms and int8
+    quantization run in the prologue of its packed GEMV and the element-wise work in its epilogue
+    (:func:`~matmulfree.triton_kernels.fused_decode.fused_bitlinear`). Per layer: f/c/g with the block
+    norm, the recurrence and the output gate (layer 0 gathers the embedding rows itself); o with the
+    released gate's norm and the residual; ``w_in`` with the MLP norm and ``SiLU(g) * u``; ``w_down``
+    with the residual. Then the head with the final norm.
+
+    Every intermediate lives in a static buffer (``buffers()``), so the step, argmax feedback
+    included, is captured by ``capture()`` as one CUDA graph; without CUDA the same step runs
+    eagerly (under ``TRITON_INTERPRET=1`` on the CPU).
+    """
+
+    def __init__(self, model, batch_size: int = 1) -> None:
+        super().__init__(model, batch_size)
+        cfg, dev = model.config, model.embed.weight.device
+        B, d = batch_size, cfg.d_model
+        for p in self.layers:
+            w_in = p["w_in"]
+            w_in["gain2"] = w_in["gain"].expand(2, -1).contiguous()
+            w_in["scale2"] = w_in["scale"].expand(2).contiguous()
+        self.released = self.layers[0]["g_norm"] is not None
+        self.x = torch.zeros(B, d, dtype=self.dtype, device=dev)  # residual stream
+        self.y = torch.zeros(B, d, dtype=self.dtype, device=dev)  # o-projection input (or released g)
+        self.hs = torch.zeros(B, d, dtype=torch.float32, device=dev)  # SiLU(h) of the released gate
+        self.p = torch.zeros(B, cfg.intermediate_size, dtype=self.dtype, device=dev)  # GLU output
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The static buffers one step reads and writes."""
+        return {"tokens": self.tokens, "x": self.x, "y": self.y, "hs": self.hs, "p": self.p, "h": self.h,
+                "logits": self.logits}  # fmt: skip
+
+    def launches_per_step(self) -> int:
+        """Fused kernel launches of one step (the argmax feedback and a full-precision head aside)."""
+        return 4 * len(self.layers) + (1 if self.head is not None else 0)
+
+    def _run(self) -> None:
+        eps, dt, d, l = self.eps, self.dtype, self.x.shape[1], self.p.shape[1]
+        for i, p in enumerate(self.layers):
+            src = dict(tokens=self.tokens, x_copy=self.x) if i == 0 else {}
+            fused_bitlinear(self.model.embed.weight if i == 0 else self.x, p["fcg_gain"], p["fcg_packed"],
+                            p["fcg_scale"], d, eps, self.y, epilogue="mlgru", outer=p["mixer_norm"], h=self.h[i],
+                            lower_bound=p["lb"], gate_out=self.hs if self.released else None, dtype=dt, **src)
+            o = p["o"]
+            fused_bitlinear(self.y, o["gain"], o["packed"], o["scale"], d, eps, self.x, epilogue="residual",
+                            residual=self.x, gate_in=(p["g_norm"], self.hs) if self.released else None, dtype=dt)
+            w_in, down = p["w_in"], p["w_down"]
+            fused_bitlinear(self.x, w_in["gain2"], w_in["packed"], w_in["scale2"], d, eps, self.p, epilogue="glu",
+                            outer=p["mlp_norm"], dtype=dt)
+            fused_bitlinear(self.p, down["gain"], down["packed"], down["scale"], l, eps, self.x,
+                            epilogue="residual", residual=self.x, dtype=dt)
+        if self.head is not None:
+            hd = self.head
+            fused_bitlinear(self.x, hd["gain"], hd["packed"], hd["scale"], d, eps, self.logits, outer=self.final_norm,
+                            dtype=dt)
+        else:
+            self.logits.copy_(self.model.lm_head(rms_norm(self.x, self.final_norm, eps)))
+
+
 class TransformerDecoder(_DecoderBase):
     """Per-token step of a :class:`~matmulfree.models.TransformerLM` with a static KV cache.
 
@@ -297,4 +359,4 @@ class TransformerDecoder(_DecoderBase):
         return 2 * self.k.shape[0] * self.B * self.H * context * self.hd * self.k.element_size()
 
 
-__all__ = ["GraphedStep", "MatMulFreeDecoder", "TransformerDecoder"]
+__all__ = ["FusedMatMulFreeDecoder", "GraphedStep", "MatMulFreeDecoder", "TransformerDecoder"]

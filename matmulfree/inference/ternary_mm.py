@@ -94,8 +94,10 @@ class TernaryMatmul:
         if kernel is None:
             return reason
         self._kernel = kernel
+        self._path = kernel.best_path()
         self._kp = ckernel.padded(self.in_features)
-        self._tiles = torch.stack([ckernel.pack_tiles(w) for w in weights]).contiguous()
+        lut = kernel.lut_layout(self._path)
+        self._tiles = torch.stack([ckernel.pack_tiles(w, lut) for w in weights]).contiguous()
         self.backend = "c"
         return None
 
@@ -141,7 +143,7 @@ class TernaryMatmul:
         if self.backend == "c":
             if self._kp != self.in_features:
                 x_q = F.pad(x_q, (0, self._kp - self.in_features))
-            return self._kernel.mm(self._tiles, x_q.contiguous(), self.out_features)
+            return self._kernel.mm(self._tiles, x_q.contiguous(), self.out_features, self._path)
         if self.backend == "int8":
             P, M, _ = x_q.shape
             xf = x_q.float()

@@ -46,10 +46,11 @@ typedef struct {
     const mmf_mlgru_model *model;
     mmf_pool *pool;
     mmf_tile_fn fn;
-    int nthreads;
-    int64_t mcap, kmax;
+    int nthreads, path, lut;
+    int64_t mcap, kmax, pmax;
     float *x, *o, *gb, *hs, *p; /* (mcap, d) x4, (mcap, l) */
     int8_t *xq;                 /* (3, mcap, kmax) */
+    uint8_t *xp;                /* (3, mcap, pmax) prepared rows of LUT paths, else NULL */
     float *sx;                  /* (3, mcap) */
     int32_t *xsum;              /* (3, mcap) */
     int32_t **acc;              /* per thread (3, mcap, 16) */
@@ -109,11 +110,13 @@ static void quantize_for(mmf_engine *e, const mmf_lin *lin, const float *v, int 
     float r = rms_factor(v, lin->K, lin->eps);
     e->sx[i] = mmf_quantize_row(v, r, lin->gain, lin->K, lin->Kp, e->model->qeps, e->model->scale_div,
                                 e->xq + i * e->kmax, e->xsum + i);
+    if (e->lut) mmf_prepare(e->path, e->xq + i * e->kmax, lin->Kp, e->xp + i * e->pmax);
 }
 
 /* ------------------------------------------------------------------------------ phases */
 static void product(mmf_engine *e, int tid, const mmf_lin *lin, int slot, int64_t t, int M, int32_t *acc) {
-    mmf_tile_product(e->fn, lin, t, e->xq + slot * e->mcap * e->kmax, e->kmax, M, e->xsum + slot * e->mcap, acc);
+    const int8_t *x = e->lut ? (const int8_t *)(e->xp + slot * e->mcap * e->pmax) : e->xq + slot * e->mcap * e->kmax;
+    mmf_tile_product(e->fn, lin, t, x, e->lut ? e->pmax : e->kmax, M, e->xsum + slot * e->mcap, acc);
     (void)tid;
 }
 
@@ -271,14 +274,14 @@ static void forward_task(void *p, int tid, int nt) {
 
 /* ---------------------------------------------------------------------------------- API */
 static void free_buffers(mmf_engine *e) {
-    free(e->x); free(e->o); free(e->gb); free(e->hs); free(e->p); free(e->xq); free(e->sx); free(e->xsum);
+    free(e->x); free(e->o); free(e->gb); free(e->hs); free(e->p); free(e->xq); free(e->xp); free(e->sx); free(e->xsum);
     if (e->acc)
         for (int t = 0; t < e->nthreads; t++) free(e->acc[t]);
     if (e->scratch)
         for (int t = 0; t < e->nthreads; t++) free(e->scratch[t]);
     free(e->acc); free(e->scratch);
     e->x = e->o = e->gb = e->hs = e->p = 0;
-    e->xq = 0; e->sx = 0; e->xsum = 0; e->acc = 0; e->scratch = 0;
+    e->xq = 0; e->xp = 0; e->sx = 0; e->xsum = 0; e->acc = 0; e->scratch = 0;
     e->mcap = 0;
 }
 
@@ -293,11 +296,12 @@ static int reserve(mmf_engine *e, int64_t rows) {
     e->hs = alloc64(sizeof(float) * rows * d);
     e->p = alloc64(sizeof(float) * rows * l);
     e->xq = alloc64(3 * rows * k);
+    if (e->lut) e->xp = alloc64(3 * rows * e->pmax);
     e->sx = alloc64(sizeof(float) * 3 * rows);
     e->xsum = alloc64(sizeof(int32_t) * 3 * rows);
     e->acc = calloc((size_t)e->nthreads, sizeof(int32_t *));
     e->scratch = calloc((size_t)e->nthreads, sizeof(float *));
-    if (!e->x || !e->o || !e->gb || !e->hs || !e->p || !e->xq || !e->sx || !e->xsum || !e->acc || !e->scratch)
+    if (!e->x || !e->o || !e->gb || !e->hs || !e->p || !e->xq || (e->lut && !e->xp) || !e->sx || !e->xsum || !e->acc || !e->scratch)
         return -1;
     for (int t = 0; t < e->nthreads; t++) {
         e->acc[t] = alloc64(sizeof(int32_t) * 3 * rows * 16);
@@ -320,6 +324,9 @@ mmf_engine *mmf_engine_new(const mmf_mlgru_model *model, mmf_pool *pool, int pat
     if (model->l > k) k = model->l;
     if (model->d > k) k = model->d;
     e->kmax = k;
+    e->path = path;
+    e->lut = mmf_path_layout(path);
+    e->pmax = mmf_prep_bytes(path, k);
     e->counters = alloc64(sizeof(mmf_counter) * (size_t)(model->L * PHASES_PER_LAYER + 2));
     if (!e->fn || !e->counters) {
         free(e->counters);

@@ -21,7 +21,22 @@
 
 /* Dispatch paths, in order of preference. */
 enum { MMF_PATH_SCALAR = 0, MMF_PATH_AVX2 = 1, MMF_PATH_AVXVNNI = 2, MMF_PATH_AVX512VNNI = 3, MMF_PATH_NEON = 4,
-       MMF_PATH_NEON_DOTPROD = 5, MMF_NPATHS = 6 };
+       MMF_PATH_NEON_DOTPROD = 5, MMF_PATH_AVX2_LUT = 6, MMF_NPATHS = 7 };
+
+/* Look-up-table paths (MMF_PATH_AVX2_LUT) read their weights in the "LUT layout": the same 64-byte
+   chunks with the bytes of a chunk transposed, byte 16j + r holding what byte 4r + j holds above
+   (so one 16-byte lane is one j for 16 rows, and a 16-entry byte shuffle can serve the whole lane),
+   and their activations as tables built by mmf_prepare (below) instead of int8 values.
+   mmf_path_layout: 0 the tile layout above, 1 the LUT layout. */
+int mmf_path_layout(int path);
+/* Bytes of one prepared activation row of Kp columns for `path` (Kp for int8 paths, 16 Kp for LUT ones). */
+int64_t mmf_prep_bytes(int path, int64_t Kp);
+/* What the tile kernel of `path` reads for the int8 row x (Kp values): x itself, or (LUT paths) the
+   tables written into buf (mmf_prep_bytes(path, Kp) bytes). For chunk c, 256 bytes at 256c:
+   [lo bytes | hi bytes] of the int16 sums u0 x[16c + j] + u1 x[16c + 4 + j] for the low nibble
+   n = u0 + 4 u1 of byte 16j + r, then the same for x[16c + 8 + j], x[16c + 12 + j] (high nibble);
+   each 64-byte block is 4 lanes j of 16 entries n. */
+const int8_t *mmf_prepare(int path, const int8_t *x, int64_t Kp, uint8_t *buf);
 
 /* raw[m * 16 + r] = sum_k u(r, k) x_m[k] for the 16 rows of one tile and M <= MMF_MB activation rows
    (x_m = x + m * xstride, Kc * 16 int8 values). */

@@ -52,9 +52,10 @@ void mmf_tile_product(mmf_tile_fn fn, const mmf_lin *lin, int64_t t, const int8_
 typedef struct {
     mmf_tile_fn fn;
     const uint8_t *tiles;
-    const int8_t *x;
+    const int8_t *x;  /* (P, M, Kp) int8 */
+    const int8_t *xp; /* what the tile kernel reads: x, or its prepared rows of pb bytes */
     int32_t *out;
-    int64_t P, M, N, Kc;
+    int64_t P, M, N, Kc, pb;
     mmf_counter counter;
 } mm_ctx;
 
@@ -71,7 +72,7 @@ static void mm_task(void *p, int tid, int nt) {
             for (int64_t m0 = 0; m0 < c->M; m0 += MMF_MB) {
                 int mb = (int)(c->M - m0 < MMF_MB ? c->M - m0 : MMF_MB);
                 const int8_t *x = c->x + (p * c->M + m0) * Kp;
-                c->fn(w, x, Kp, mb, c->Kc, raw);
+                c->fn(w, c->xp + (p * c->M + m0) * c->pb, c->pb, mb, c->Kc, raw);
                 for (int m = 0; m < mb; m++) {
                     int32_t s = 0;
                     for (int64_t k = 0; k < Kp; k++) s += x[m * Kp + k];
@@ -83,12 +84,22 @@ static void mm_task(void *p, int tid, int nt) {
     free(raw);
 }
 
-/* out (P, M, N) int32 = x_p (M, Kp) int8 @ W_p^T for P matrices of N rows in tile layout. */
+/* out (P, M, N) int32 = x_p (M, Kp) int8 @ W_p^T for P matrices of N rows in the layout of `path`
+   (mmf_path_layout). Returns 0, -1 for an unsupported path, -2 when memory ran out. */
 int mmf_mm(const uint8_t *tiles, const int8_t *x, int32_t *out, int64_t P, int64_t M, int64_t N, int64_t Kc, int path,
            mmf_pool *pool) {
-    mm_ctx c = {mmf_tile_kernel(path), tiles, x, out, P, M, N, Kc, {0, {0}}};
+    int64_t Kp = Kc * 16, pb = mmf_prep_bytes(path, Kp);
+    mm_ctx c = {mmf_tile_kernel(path), tiles, x, x, out, P, M, N, Kc, pb, {0, {0}}};
     if (!c.fn) return -1;
+    uint8_t *prep = 0;
+    if (mmf_path_layout(path)) {
+        prep = (uint8_t *)malloc((size_t)(P * M * pb));
+        if (!prep) return -2;
+        for (int64_t i = 0; i < P * M; i++) mmf_prepare(path, x + i * Kp, Kp, prep + i * pb);
+        c.xp = (const int8_t *)prep;
+    }
     mmf_pool_run(pool, mm_task, &c);
+    free(prep);
     return 0;
 }
 
@@ -102,6 +113,9 @@ typedef struct {
     float qeps;
     int scale_div;
     int8_t *xq;
+    uint8_t *xp; /* prepared rows (LUT paths) or NULL */
+    int64_t pb;
+    int path;
     int32_t *xsum;
     float *sx;
     mmf_counter cq, cp;
@@ -118,6 +132,7 @@ static void group_task(void *p, int tid, int nt) {
         int64_t pi = i / c->M, m = i % c->M;
         c->sx[i] = mmf_quantize_row(c->x + m * K, c->r[m], c->lin[pi].gain, K, Kp, c->qeps, c->scale_div,
                                     c->xq + i * Kp, c->xsum + i);
+        if (c->xp) mmf_prepare(c->path, c->xq + i * Kp, Kp, c->xp + i * c->pb);
     }
     mmf_barrier(c->pool);
     int64_t items = c->P * ntile, chunk = items / (nt * 8) > 0 ? items / (nt * 8) : 1;
@@ -126,7 +141,8 @@ static void group_task(void *p, int tid, int nt) {
         for (; i < end; i++) {
             int64_t pi = i / ntile, t = i % ntile;
             const mmf_lin *lin = c->lin + pi;
-            mmf_tile_product(c->fn, lin, t, c->xq + pi * c->M * Kp, Kp, (int)c->M, c->xsum + pi * c->M, acc);
+            const int8_t *xr = c->xp ? (const int8_t *)(c->xp + pi * c->M * c->pb) : c->xq + pi * c->M * Kp;
+            mmf_tile_product(c->fn, lin, t, xr, c->xp ? c->pb : Kp, (int)c->M, c->xsum + pi * c->M, acc);
             for (int64_t m = 0; m < c->M; m++) {
                 float den = c->sx[pi * c->M + m] * lin->s_w;
                 float *o = c->out + (pi * c->M + m) * N;
@@ -153,11 +169,19 @@ int mmf_group_forward(const mmf_lin *lins, int64_t P, const float *x, const floa
     c.qeps = qeps;
     c.scale_div = scale_div;
     c.pool = pool;
+    c.path = path;
+    c.pb = mmf_prep_bytes(path, lins[0].Kp);
     c.xq = (int8_t *)malloc((size_t)(P * M * lins[0].Kp));
+    c.xp = mmf_path_layout(path) ? (uint8_t *)malloc((size_t)(P * M * c.pb)) : 0;
     c.xsum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(P * M));
     c.sx = (float *)malloc(sizeof(float) * (size_t)(P * M));
+    if (!c.xq || !c.xsum || !c.sx || (mmf_path_layout(path) && !c.xp)) {
+        free(c.xq); free(c.xp); free(c.xsum); free(c.sx);
+        return -2;
+    }
     mmf_pool_run(pool, group_task, &c);
     free(c.xq);
+    free(c.xp);
     free(c.xsum);
     free(c.sx);
     return 0;
