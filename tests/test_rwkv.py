@@ -311,3 +311,43 @@ def test_packed_cpu_decoder_refuses_unquantised_activations():
 
     with pytest.raises(ValueError, match="quantize_activations"):
         PackedRWKVDecoder(build_model(tiny(quantize_activations=False)))
+
+
+# -- power / operation model ---------------------------------------------------------------------------
+
+
+def test_rwkv_operation_counts_by_hand():
+    from matmulfree.energy.ops import count_ops
+
+    d, h, V, L = 8, 16, 10, 2
+    cfg = tiny(d_model=d, intermediate_size=h, vocab_size=V, n_layers=L)
+    c = count_ops(cfg, context=5)
+    assert c.ternary_acc == L * (5 * d * d + 2 * d * h) + d * V
+    bl = lambda i, o: (i + o + 1, i, 1)  # noqa: E731  (mult, add, nonlinear) of a BitLinear without norm
+    projections = [bl(d, d)] * 4 + [bl(d, d), bl(d, h), bl(h, d)]
+    per_layer = (
+        2 * 3 * d + 5 * 2 * d + 7 * d + d + h + d,  # mult: 2 LN, 5 mixes, WKV, r*wkv, square, r*Vk
+        2 * 3 * d + 5 * d + 12 * d + d + h + d,  # add: 2 LN, 5 mixes, WKV, residual, relu, residual
+        2 + d + 5 * d + d,  # nonlinear: 2 LN, sigmoid, WKV, sigmoid
+    )
+    want = [L * (per_layer[i] + sum(p[i] for p in projections)) + 2 * (3 * d if i < 2 else 1) + bl(d, V)[i]
+            for i in range(3)]  # fmt: skip
+    assert (c.mult, c.add, c.nonlinear) == tuple(want)
+    assert next(r for r in c.reads if r.what == "recurrent state").values == 5 * L * d
+    assert count_ops(tiny(d_model=d, intermediate_size=h, vocab_size=V, n_layers=L, rwkv_gate=True),
+                     5).ternary_acc == c.ternary_acc + L * d * d  # fmt: skip
+
+
+def test_power_runs_for_rwkv(tmp_path):
+    import json
+
+    from matmulfree.cli import main
+
+    out = tmp_path / "p"
+    rc = main(["power", "preset:tiny:rwkv", "--targets", "cpu,ops", "--new-tokens", "4", "--context", "4",
+               "--warmup", "1", "--min-seconds", "0", "--idle-seconds", "0", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rows = json.loads((out / "power.json").read_text())["rows"]
+    models = {(r["target"], r["model"]) for r in rows}
+    assert ("cpu", "MatMul-free RWKV") in models and ("ops", "MatMul-free RWKV") in models
+    assert ("ops", "Transformer++") in models
