@@ -12,6 +12,7 @@ from matmulfree.config import ConfigError, RWKVConfig, config_from_dict
 from matmulfree.layers import BitLinear
 from matmulfree.models import RWKVLM, build_model
 from matmulfree.wkv import wkv_chunked, wkv_sequential, wkv_step
+from tests.test_train import corpus  # noqa: F401  (fixture)
 
 
 def tiny(**kw) -> RWKVConfig:
@@ -313,3 +314,83 @@ def test_packed_cpu_decoder_refuses_unquantised_activations():
 
     with pytest.raises(ValueError, match="quantize_activations"):
         PackedRWKVDecoder(build_model(tiny(quantize_activations=False)))
+
+
+# -- power / operation model ---------------------------------------------------------------------------
+
+
+def test_rwkv_operation_counts_by_hand():
+    from matmulfree.energy.ops import count_ops
+
+    d, h, V, L = 8, 16, 10, 2
+    cfg = tiny(d_model=d, intermediate_size=h, vocab_size=V, n_layers=L)
+    c = count_ops(cfg, context=5)
+    assert c.ternary_acc == L * (5 * d * d + 2 * d * h) + d * V
+    bl = lambda i, o: (i + o + 1, i, 1)  # noqa: E731  (mult, add, nonlinear) of a BitLinear without norm
+    projections = [bl(d, d)] * 4 + [bl(d, d), bl(d, h), bl(h, d)]
+    per_layer = (
+        2 * 3 * d + 5 * 2 * d + 7 * d + d + h + d,  # mult: 2 LN, 5 mixes, WKV, r*wkv, square, r*Vk
+        2 * 3 * d + 5 * d + 12 * d + d + h + d,  # add: 2 LN, 5 mixes, WKV, residual, relu, residual
+        2 + d + 5 * d + d,  # nonlinear: 2 LN, sigmoid, WKV, sigmoid
+    )
+    want = [L * (per_layer[i] + sum(p[i] for p in projections)) + 2 * (3 * d if i < 2 else 1) + bl(d, V)[i]
+            for i in range(3)]  # fmt: skip
+    assert (c.mult, c.add, c.nonlinear) == tuple(want)
+    assert next(r for r in c.reads if r.what == "recurrent state").values == 5 * L * d
+    assert count_ops(tiny(d_model=d, intermediate_size=h, vocab_size=V, n_layers=L, rwkv_gate=True),
+                     5).ternary_acc == c.ternary_acc + L * d * d  # fmt: skip
+
+
+def test_power_runs_for_rwkv(tmp_path):
+    import json
+
+    from matmulfree.cli import main
+
+    out = tmp_path / "p"
+    rc = main(["power", "preset:tiny:rwkv", "--targets", "cpu,ops", "--new-tokens", "4", "--context", "4",
+               "--warmup", "1", "--min-seconds", "0", "--idle-seconds", "0", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rows = json.loads((out / "power.json").read_text())["rows"]
+    models = {(r["target"], r["model"]) for r in rows}
+    assert ("cpu", "MatMul-free RWKV") in models and ("ops", "MatMul-free RWKV") in models
+    assert ("ops", "Transformer++") in models
+
+
+# -- CLI: train / eval / generate / info -----------------------------------------------------------------
+
+
+def test_cli_train_eval_generate_info_for_rwkv(corpus, tmp_path, capsys):  # noqa: F811
+    import json
+
+    import yaml
+
+    from matmulfree.cli import main
+    from tests.test_train import tiny_recipe
+
+    recipe = tiny_recipe(corpus, model={"architecture": "rwkv", "d_model": 32, "n_layers": 2,
+                                        "intermediate_size": 64, "max_seq_len": 64})  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "config.json").read_text())["architecture"] == "rwkv"
+    capsys.readouterr()
+    assert main(["generate", str(final), "--prompt", "the", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["generate", str(final), "--prompt", "the", "--max-new-tokens", "8", "--temperature", "0",
+                 "--packed"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == plain and plain.startswith("the")
+    assert main(["eval", str(final), "--data", f"text:{corpus}/*.txt", "--seq-len", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits_per_byte"] > 0
+    assert main(["info", str(final)]) == 0
+    assert "architecture      rwkv" in capsys.readouterr().out
+
+
+def test_shipped_rwkv_recipes_build():
+    from matmulfree.recipe import load_recipe
+
+    tiny_cfg = load_recipe("shakespeare-tiny-rwkv").model_config(256)
+    assert tiny_cfg.architecture == "rwkv" and tiny_cfg.d_model == 128 and tiny_cfg.n_layers == 4
+    big = load_recipe("slimpajama-370m-rwkv")
+    cfg = big.model_config(32000)
+    assert (cfg.d_model, cfg.n_layers, cfg.intermediate_size) == (1024, 24, 4096)
+    assert big.train.batch_size * big.train.grad_accum == 32 and big.train.steps == 28610
