@@ -6,11 +6,13 @@ Each kernel sits beside a plain PyTorch ``*_naive`` reference in the same module
 * :mod:`.bitlinear` — fused BitLinear training forward/backward (int8 tensor-core product,
   straight-through gradients, recomputed activations, cached ternary weights);
 * :mod:`.scan` — chunked MLGRU recurrence forward/backward;
+* :mod:`.wkv` — RWKV-4 WKV recurrence forward/backward (running-max form, fp32);
 * :mod:`.packed` — packed ternary GEMV/GEMM on the 2-bit storage code;
 * :mod:`.decode` — fused MLGRU decode step (the CUDA-graph decoders that use it are in
   :mod:`matmulfree.inference.gpu`).
 
-``matmulfree.layers`` calls :func:`bitlinear_dispatch` and :func:`mlgru_scan` (see
+``matmulfree.layers`` calls :func:`bitlinear_dispatch` and :func:`mlgru_scan`, the RWKV model
+:func:`wkv` (see
 ``matmulfree.backend`` for how the backend is chosen). Kernels run on CUDA tensors, or on CPU under
 ``TRITON_INTERPRET=1`` (set before this package is imported).
 """
@@ -22,6 +24,7 @@ from .dispatch import bitlinear_dispatch
 from .norm_quant import rmsnorm_quantize, rmsnorm_quantize_multi, rmsnorm_quantize_naive
 from .packed import packed_bitlinear, packed_bitlinear_naive, packed_matmul, packed_matmul_naive
 from .scan import mlgru_scan, mlgru_scan_naive
+from .wkv import wkv, wkv_naive
 
 __all__ = [
     "INTERPRET",
@@ -42,4 +45,6 @@ __all__ = [
     "rmsnorm_quantize_naive",
     "ternary_weight",
     "weight_cache",
+    "wkv",
+    "wkv_naive",
 ]

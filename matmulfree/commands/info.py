@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model summary", description="Print the architecture, parameter "
                        "counts and storage sizes of a saved model directory (or of a preset).")
     p.add_argument("checkpoint", help="model directory (config.json + model.safetensors), or preset:NAME "
-                   "[e.g. preset:370m] or preset:NAME:transformer")
+                   "[e.g. preset:370m] or preset:NAME:ARCH [transformer, rwkv]")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -22,7 +22,9 @@ def open_model(spec: str):
     if spec.startswith("preset:"):
         parts = spec.split(":")
         arch = parts[2] if len(parts) > 2 else "matmulfree"
-        if arch not in ("matmulfree", "transformer"):
+        from matmulfree.config import CONFIG_CLASSES
+
+        if arch not in CONFIG_CLASSES:
             from matmulfree.errors import CLIError
 
             raise CLIError(f"unknown architecture {arch!r} in {spec!r}")

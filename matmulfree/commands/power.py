@@ -88,7 +88,7 @@ def load_spec(spec: str, seed: int, min_len: int):
     if spec.startswith("preset:"):
         parts = spec.split(":")
         arch = parts[2] if len(parts) > 2 else "matmulfree"
-        if len(parts) > 3 or arch not in ("matmulfree", "transformer"):
+        if len(parts) > 3 or arch not in ("matmulfree", "rwkv", "transformer"):
             raise _error(f"bad model spec {spec!r}; expected preset:NAME or preset:NAME:ARCH")
         cfg = preset(parts[1], arch)
         if cfg.max_seq_len < min_len:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from matmulfree.energy.nvml import NVMLMeter
     from matmulfree.energy.rapl import RAPLMeter
     from matmulfree.energy.report import Report, print_table, render_text, write_json, write_png
-    from matmulfree.energy.targets import MF, TF, PowerOptions, cpu_rows, fpga_rows, gpu_rows, ops_rows
+    from matmulfree.energy.targets import MODEL_NAMES, TF, PowerOptions, cpu_rows, fpga_rows, gpu_rows, ops_rows
 
     targets = parse_targets(args.targets)
     for name in ("batch", "context", "new_tokens"):
@@ -132,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
     need = args.context + args.warmup + args.new_tokens + 1
     cfg, make = load_spec(args.checkpoint, args.seed, need)
-    configs, builders = {(MF if cfg.architecture == "matmulfree" else TF): cfg}, {}
+    configs, builders = {MODEL_NAMES[cfg.architecture]: cfg}, {}
     builders[next(iter(configs))] = make
-    if args.baseline != "none" and cfg.architecture == "matmulfree":
+    if args.baseline != "none" and cfg.architecture != "transformer":
         if args.baseline == "transformer":
             bcfg = baseline_config(cfg)
             if bcfg.max_seq_len < need:
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if "cpu" in targets or "gpu" in targets:
         for name, build in builders.items():
             m = build()
-            models[name] = m.pack() if name == MF else m
+            models[name] = m.pack() if name != TF else m
     if "gpu" in targets:
         rows, skipped = gpu_rows(models, opts, NVMLMeter(args.gpu_index))
         report.rows += rows

@@ -22,6 +22,13 @@ Rules (the unit tests recount them by hand):
 * Attention (per layer): RoPE on q and k 4d mult, 2d add; scores C*d MAC; scaling H*C mult;
   softmax H*C nonlinear (exp), H*C add, H*C mult; weighted values C*d MAC. The RoPE angles
   (``d/H`` cos and sin values) are counted once per token as d/H nonlinear.
+* RWKV-4 (``l`` channel-mixing width): ``LayerNorm(n)``: 3n mult, 3n add, 1 nonlinear; its
+  BitLinears have no inner norm: ``i*o`` accumulations, ``i + o + 1`` mult, ``i`` add, 1 nonlinear.
+  A token-shift mix ``mu x + (1-mu) x'`` (``1-mu`` stored): 2d mult, d add; 3 in time mixing, 2
+  in channel mixing. WKV step per channel: 12 add (incl. 2 max), 7 mult, 5 nonlinear (4 exp, 1
+  reciprocal). ``sigmoid(r)`` d nonlinear, ``r * wkv`` d mult; gate ``silu(G x)``: a BitLinear,
+  d nonlinear, 2d mult; channel mixing: ``relu(k)^2`` l add, l mult, ``sigmoid(r)`` d nonlinear,
+  ``r * V k`` d mult. Residuals d add each. State: 5 L d values (two shifted inputs, aa, bb, pp).
 * Reads: every parameter but the embedding table once per step, shared by the B sequences of
   the batch (so per token: / B); one embedding row (d values); the Transformer's K and V cache
   (2*L*C*d values); the MLGRU state (L*d values). Writes are not counted. Ternary weights are
@@ -38,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import MatMulFreeConfig, TransformerConfig, _BaseConfig
+from ..config import MatMulFreeConfig, RWKVConfig, TransformerConfig, _BaseConfig
 
 #: Energies in picojoules, 45 nm, 0.9 V. M. Horowitz, "Computing's energy problem (and what we
 #: can do about it)", ISSCC 2014, keynote (also ``docs/design.md``, "Reference figures"). ``sram_read_64b`` is his
@@ -146,6 +153,21 @@ class _Tally:
     def linear(self, i: int, o: int) -> None:
         self.mac += i * o
 
+    def layernorm(self, n: int) -> None:
+        self.mult += 3 * n
+        self.add += 3 * n
+        self.nl += 1
+
+    def bitlinear_no_norm(self, i: int, o: int) -> None:
+        self.acc += i * o
+        self.add += i
+        self.mult += i + o + 1
+        self.nl += 1
+
+    def token_mix(self, d: int) -> None:
+        self.mult += 2 * d
+        self.add += d
+
 
 def _placement(param_bytes: float, kv_bytes: float, onchip_bytes: float) -> tuple[str, str]:
     w = "sram" if param_bytes <= onchip_bytes else "dram"
@@ -203,6 +225,58 @@ def matmulfree_ops(cfg: MatMulFreeConfig, batch: int = 1, onchip_bytes: float = 
     return OpCounts("MatMul-free", t.acc, t.mac, t.mult, t.add, t.nl, reads, act_bits)
 
 
+def rwkv_ops(cfg: RWKVConfig, batch: int = 1, onchip_bytes: float = DEFAULT_ONCHIP_BYTES,
+             act_bits: int = 16) -> OpCounts:
+    """Per-token counts of a MatMul-free RWKV-4 model (context does not change them)."""
+    d, h, V, L = cfg.d_model, cfg.intermediate_size, cfg.vocab_size, cfg.n_layers
+    t = _Tally()
+    t.layernorm(d)  # after the embedding
+    for _ in range(L):
+        t.layernorm(d)  # ln1
+        for _ in range(3):
+            t.token_mix(d)  # r, k, v
+        for _ in range(3):
+            t.bitlinear_no_norm(d, d)  # R, K, V
+        t.nl += d  # sigmoid(r)
+        t.add += 12 * d  # WKV step
+        t.mult += 7 * d
+        t.nl += 5 * d
+        t.mult += d  # r * wkv
+        if cfg.rwkv_gate:
+            t.bitlinear_no_norm(d, d)
+            t.nl += d
+            t.mult += 2 * d
+        t.bitlinear_no_norm(d, d)  # O
+        t.add += d  # residual
+        t.layernorm(d)  # ln2
+        t.token_mix(d)
+        t.token_mix(d)
+        t.bitlinear_no_norm(d, d)  # R
+        t.nl += d
+        t.bitlinear_no_norm(d, h)  # K
+        t.add += h  # relu
+        t.mult += h  # square
+        t.bitlinear_no_norm(h, d)  # V
+        t.mult += d  # r * V k
+        t.add += d  # residual
+    t.layernorm(d)
+    if cfg.ternary_head:
+        t.bitlinear_no_norm(d, V)
+    else:
+        t.linear(d, V)
+    ternary = L * ((5 + int(cfg.rwkv_gate)) * d * d + 2 * h * d) + (d * V if cfg.ternary_head else 0)
+    full = L * 11 * d + 4 * d + (0 if cfg.ternary_head else d * V)
+    param_bytes = ternary * 2 / 8 + full * act_bits / 8
+    w_loc, _ = _placement(param_bytes, 0, onchip_bytes)
+    reads = [
+        Read("ternary weights", ternary / batch, 2, w_loc),
+        Read("full-precision parameters", full / batch, act_bits, w_loc),
+        Read("embedding row", d, act_bits, w_loc),
+        Read("recurrent state", 5 * L * d, act_bits, "sram"),
+    ]
+    return OpCounts("MatMul-free RWKV", t.acc, t.mac, t.mult, t.add, t.nl, reads, act_bits)
+
+
 def transformer_ops(cfg: TransformerConfig, context: int, batch: int = 1,
                     onchip_bytes: float = DEFAULT_ONCHIP_BYTES, act_bits: int = 16,
                     weight_bits: int = 16) -> OpCounts:  # fmt: skip
@@ -253,6 +327,8 @@ def count_ops(cfg: _BaseConfig, context: int, batch: int = 1, onchip_bytes: floa
         raise ValueError(f"act_bits must be 16 or 32, got {act_bits}")
     if cfg.architecture == "matmulfree":
         return matmulfree_ops(cfg, batch, onchip_bytes, act_bits)
+    if cfg.architecture == "rwkv":
+        return rwkv_ops(cfg, batch, onchip_bytes, act_bits)
     return transformer_ops(cfg, context, batch, onchip_bytes, act_bits, weight_bits=act_bits)
 
 
@@ -281,4 +357,4 @@ def price(counts: OpCounts, table: dict[str, float] | None = None) -> dict[str, 
 
 
 __all__ = ["DEFAULT_ONCHIP_BYTES", "HOROWITZ_45NM_PJ", "OpCounts", "OpEnergyError", "Read", "count_ops",
-           "load_op_energies", "matmulfree_ops", "price", "transformer_ops"]
+           "load_op_energies", "matmulfree_ops", "price", "rwkv_ops", "transformer_ops"]

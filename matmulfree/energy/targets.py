@@ -22,6 +22,10 @@ from .meters import EnergyWindow, Meter, idle_watts
 from .report import Row, Skip
 
 MF, TF = "MatMul-free", "Transformer++"
+#: Report name of a MatMul-free RWKV-4 model.
+RW = "MatMul-free RWKV"
+#: Report name per config ``architecture``.
+MODEL_NAMES = {"matmulfree": MF, "rwkv": RW, "transformer": TF}
 
 
 @dataclass
@@ -138,8 +142,10 @@ def _energy_fields(window: EnergyWindow | None, seconds: float, tokens: int, nom
 # ------------------------------------------------------------------------------------- CPU
 def cpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = None,
              cpu_backend: str = "auto") -> tuple[list[Row], list[Skip]]:  # fmt: skip
-    """``models``: ``{"MatMul-free": packed model, "Transformer++": model}`` (either may be absent)."""
+    """``models``: ``{"MatMul-free" or "MatMul-free RWKV": packed model, "Transformer++": model}``
+    (any may be absent)."""
     from ..inference.cpu import DenseCPUDecoder, PackedCPUDecoder
+    from ..inference.cpu_rwkv import PackedRWKVDecoder
 
     rows, skipped = [], []
     reason = meter.unavailable() if meter is not None else "no meter"
@@ -160,11 +166,19 @@ def cpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = N
         dense = DenseCPUDecoder(mf)
         runs.append((MF, "dense fp32 weights", StepRunner(dense.prefill, dense.step),
                      {"weight_bytes_per_step": dense.weight_bytes()}))  # fmt: skip
+    rw = models.get(RW)
+    if rw is not None:
+        packed = PackedRWKVDecoder(rw, cpu_backend)
+        variant = {"c": "packed 2-bit, C kernel", "int8": "packed, int8 FBGEMM",
+                   "float": "packed, fp32 on integers"}[packed.backend]  # fmt: skip
+        runs.append((RW, variant, StepRunner(packed.prefill, packed.step),
+                     {"backend": packed.backend, "fallback_reason": packed.fallback_reason,
+                      "weight_bytes_per_step": packed.weight_bytes()}))  # fmt: skip
     tf = models.get(TF)
     if tf is not None:
         runs.append((TF, "fp32, KV cache", model_runner(tf), {}))
     for model_name, variant, runner, info in runs:
-        vocab = (mf if model_name == MF else tf).config.vocab_size
+        vocab = models[model_name].config.vocab_size
         seconds, windows, window = timed_decode(runner, _prompt(vocab, opts), opts, use_meter, idle_w)
         n = tokens * windows
         e = _energy_fields(window, seconds, n, opts.cpu_watts, no_meter)
@@ -199,9 +213,11 @@ def gpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = N
     except Exception as e:  # Triton missing or broken: reference path
         tk, kernel_reason = None, f"{type(e).__name__}: {e}"
     for name, model in models.items():
-        m = (model.to(dev) if name == MF else model.to(dev, dtype=torch.bfloat16)).eval()
+        m = (model.to(dev) if name != TF else model.to(dev, dtype=torch.bfloat16)).eval()
         runner, variant = None, ""
-        if tk is not None:
+        if name == RW:
+            kernel_reason = "no CUDA-graph decoder for RWKV yet (packed Triton GEMV per projection instead)"
+        if tk is not None and name != RW:
             try:
                 if name == MF:
                     dec = tk.MatMulFreeDecoder(m, opts.batch)
@@ -216,7 +232,7 @@ def gpu_rows(models: dict[str, Any], opts: PowerOptions, meter: Meter | None = N
                 runner, kernel_reason = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if runner is None:
             runner = model_runner(m, torch.cuda.synchronize)
-            variant = ("packed 2-bit, fp32 activations" if name == MF else "bf16") + ", reference step"
+            variant = ("packed 2-bit, fp32 activations" if name != TF else "bf16") + ", reference step"
             skipped.append(Skip("gpu", f"fused kernels not used ({kernel_reason})", name))
         seconds, windows, window = timed_decode(runner, _prompt(m.config.vocab_size, opts, dev), opts, use_meter,
                                                 idle_w)  # fmt: skip
@@ -277,7 +293,7 @@ def ops_rows(configs: dict[str, Any], opts: PowerOptions) -> tuple[list[Row], li
         counts = count_ops(cfg, opts.context, opts.batch, opts.onchip_bytes, opts.act_bits)
         p = price(counts, opts.op_energies)
         locs = sorted({r.location for r in counts.reads if r.what != "recurrent state"})
-        variant = ("ternary, " if name == MF else f"fp{opts.act_bits}, ") + "weights in " + "+".join(locs)
+        variant = ("ternary, " if name != TF else f"fp{opts.act_bits}, ") + "weights in " + "+".join(locs)
         rows.append(Row("ops", name, variant, None, None, p["joules_per_token"], "modelled", batch=opts.batch,
                         context=opts.context,
                         source="operation counts x Horowitz 45 nm energies (matmulfree.energy.ops)",
@@ -285,5 +301,5 @@ def ops_rows(configs: dict[str, Any], opts: PowerOptions) -> tuple[list[Row], li
     return rows, []
 
 
-__all__ = ["KernelRunner", "PowerOptions", "StepRunner", "cpu_rows", "fpga_rows", "gpu_rows", "model_runner",
-           "ops_rows", "timed_decode"]
+__all__ = ["MODEL_NAMES", "RW", "KernelRunner", "PowerOptions", "StepRunner", "cpu_rows", "fpga_rows", "gpu_rows",
+           "model_runner", "ops_rows", "timed_decode"]

@@ -42,19 +42,28 @@ class _Group:
     BitLinear RMSNorm gain. ``gain (P, 1, d)``, ``eps`` shared."""
 
     def __init__(self, layers: list[BitLinear]) -> None:
-        self.eps = layers[0].norm.eps
-        if any(m.norm.eps != self.eps or m.in_features != layers[0].in_features for m in layers):
+        self.has_norm = layers[0].norm is not None
+        if any((m.norm is not None) != self.has_norm for m in layers):
+            raise ValueError("projections in one group must all have an inner RMSNorm or all have none")
+        self.eps = layers[0].norm.eps if self.has_norm else layers[0].eps
+        if any(m.eps != self.eps or m.in_features != layers[0].in_features for m in layers):
             raise ValueError("projections in one group must share in_features and eps")
+        if any(not m.quantize_activations for m in layers):
+            raise ValueError("the CPU engine computes int8 activations; a BitLinear has quantize_activations=False")
         self.P = len(layers)
         self.out = [m.out_features for m in layers]
-        self.gain = torch.stack([m.norm.weight.detach().float() for m in layers]).unsqueeze(1)
+        # no inner norm: unit gains and a unit factor, so x * 1 * 1 passes the input through exactly
+        gains = [m.norm.weight.detach().float() if self.has_norm else torch.ones(m.in_features) for m in layers]
+        self.gain = torch.stack(gains).unsqueeze(1)
         ternary = [m.ternary_weight() for m in layers]
         self.w_q = [w for w, _ in ternary]
         self.s_w = torch.stack([s.float().reshape(()) for _, s in ternary]).reshape(self.P, 1, 1)
 
     def normed(self, x: torch.Tensor) -> torch.Tensor:
         """The RMSNorm output of every projection, ``(P, B, d)``: ``rms_norm(x) * gain_p`` exactly
-        as ``rms_norm(x, gain_p)`` computes it."""
+        as ``rms_norm(x, gain_p)`` computes it (``x`` itself for projections without a norm)."""
+        if not self.has_norm:
+            return x.float().expand(self.P, *x.shape)
         return rms_norm(x, None, self.eps) * self.gain
 
 
@@ -112,7 +121,10 @@ class PackedGroup(_Group):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, K)`` -> ``(P, B, N)`` fp32."""
         if self.kernel is not None:
-            r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # as functional.rms_norm computes it
+            if self.has_norm:
+                r = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # as functional.rms_norm computes it
+            else:
+                r = torch.ones(x.shape[0], 1)
             return self.kernel.group_forward(self.lins, x.float(), r.reshape(-1), self.out[0], QUANT_EPS, self.path,
                                              self.threads)  # fmt: skip
         x_q, s_x = activation_quantize(self.normed(x))  # (P, B, d) int8, (P, B, 1)
