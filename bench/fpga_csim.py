@@ -4,7 +4,7 @@
         [--calib-text FILE] [--json FILE]
 
 Without CHECKPOINT a random model of the ``fpga`` preset is exported (seed 0). Prints and saves
-JSON: on-chip memory of the kernel in bits (``intref.memory_bits`` breakdown, the part's capacity
+JSON: on-chip memory of the kernel in bits (``arch.memory_bits`` breakdown, the part's capacity
 and utilization), the C-simulation result (token steps, tokens and logits equal to the integer
 reference, compile and run seconds) and the modelled cycles per token (a model, not measured).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matmulfree.fpga import intref
+from matmulfree.fpga import arch, intref
 from matmulfree.fpga.hls import ExportOptions, export_vitis, run_csim
 from matmulfree.fpga.hls.cli import convert_checkpoint
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         "source": source,
         "export_dir": str(out),
         "model": s["model"],
-        "memory_bits_model": intref.memory_bits(P),
+        "memory_bits_model": arch.memory_bits(P),
         "memory_bits_kernel": mem["kernel_on_chip"],
         "part": s["part"]["name"],
         "part_onchip_bits": s["part"]["onchip_bits"],
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
             "latin-1") if P["vocab_size"] == 256 else None,
     }
     print(f"source: {source}; d={P['d_model']} L={P['n_layers']} V={P['vocab_size']} hidden={P['hidden']}")
-    print(f"on-chip memory (intref.memory_bits): {result['memory_bits_model']['total']:,} bits "
+    print(f"on-chip memory (arch.memory_bits): {result['memory_bits_model']['total']:,} bits "
           f"(weights {result['memory_bits_model']['weights']:,}); kernel {mem['kernel_on_chip']['total']:,} of "
           f"{result['part_onchip_bits']:,} on {result['part']} ({100 * result['utilization']:.2f} %)")
     print(f"csim {'PASS' if res.passed else 'FAIL'}: {res.steps} steps, tokens {res.tokens_ok}/{res.steps}, logits "

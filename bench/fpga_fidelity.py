@@ -1,4 +1,4 @@
-"""Fidelity of the integer-only FPGA reference against the float model of a checkpoint.
+"""Fidelity of the integer-only FPGA reference against the float model of a checkpoint (MLGRU or RWKV-4).
 
     python bench/fpga_fidelity.py CHECKPOINT [--data SPEC | --text FILE] [--windows 64]
         [--seq-len 256] [--prompts 8] [--prompt-len 32] [--new-tokens 256] [--out FILE]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matmulfree.fpga import fidelity, intref
+from matmulfree.fpga import arch, convert_rwkv, fidelity
 
 import matmulfree
 
@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
     calib = np.stack([ids[s + T:s + 2 * T] for s in starts[:4]])
 
     t0 = time.time()
-    P = intref.convert(model, calib_ids=None if args.no_calibrate else calib)
-    im = intref.IntModel(P)
+    P = arch.convert_model(model, calib_ids=None if args.no_calibrate else calib)
+    im = arch.int_model(P)
     ppl = fidelity.perplexity(model, im, windows)
     t_ppl = time.time() - t0
     p_starts = np.linspace(0, len(ids) - args.prompt_len, args.prompts).astype(np.int64)
     prompts = np.stack([ids[s:s + args.prompt_len] for s in p_starts])
     greedy = fidelity.greedy_agreement(model, im, prompts, args.new_tokens)
-    fmt = {k: P[k] for k in intref.DEFAULTS}
+    fmt = {k: P[k] for k in convert_rwkv.DEFAULTS if k in P}  # the MLGRU's formats, plus ln_frac for RWKV
     result = {
         "checkpoint": str(args.checkpoint),
         "config": model.config.to_dict(),
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         "perplexity": ppl,
         "ppl_within_2_percent": bool(abs(ppl["ppl_rel_change"]) <= 0.02),
         "greedy": greedy,
-        "memory_bits": intref.memory_bits(P),
+        "architecture": arch.architecture(P),
+        "memory_bits": arch.memory_bits(P),
         "seconds": {"perplexity": round(t_ppl, 1), "total": round(time.time() - t0, 1)},
         "torch": torch.__version__,
     }

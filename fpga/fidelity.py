@@ -1,5 +1,8 @@
 """Fidelity of the integer reference against the float model: perplexity and greedy agreement.
 
+Works for every integer model with the :class:`~matmulfree.fpga.intref.IntModel` interface (the
+MLGRU's and :class:`~matmulfree.fpga.intref_rwkv.RWKVIntModel`).
+
 Used by ``bench/fpga_fidelity.py`` and the tests. Both models run token by token through their
 recurrent step, so the comparison covers exactly what the chip computes.
 """

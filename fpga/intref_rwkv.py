@@ -267,7 +267,7 @@ class RWKVIntModel(IntModel):
 
     State: a list of ``n_layers`` :class:`RWKVState`. ``check=True`` raises ``OverflowError`` if a
     non-saturating stage leaves its documented width. ``sequence_logits`` and ``generate`` are
-    :class:`~matmulfree.fpga.intref.IntModel`'s (they only call :meth:`init_state` and :meth:`step`).
+    :class:`~matmulfree.fpga.intref.IntModel`'s (they only call ``init_state`` and ``step``).
     """
 
     def __init__(self, P: dict[str, Any], check: bool = True) -> None:

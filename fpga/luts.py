@@ -40,7 +40,7 @@ def make_rsqrt_table() -> np.ndarray:
 
 def make_exp_tables() -> tuple[np.ndarray, np.ndarray]:
     """``(EXP_HI, EXP_LO)``: ``EXP_HI[i] = round(exp(-i * 2**-5) * 2**16)`` (512 entries, in
-    [0, 65536]) and ``EXP_LO[i] = round(exp(-i * 2**-10) * 2**16)`` (32 entries, in [63535, 65536])."""
+    [0, 65536]) and ``EXP_LO[i] = round(exp(-i * 2**-10) * 2**16)`` (32 entries, in [63582, 65536])."""
     hi = np.arange(EXP_HI_ENTRIES, dtype=np.float64) * 2.0 ** (EXP_LO_BITS - EXP_STEP_FRAC)
     lo = np.arange(1 << EXP_LO_BITS, dtype=np.float64) * 2.0**-EXP_STEP_FRAC
     one = 2.0**EXP_OUT_FRAC

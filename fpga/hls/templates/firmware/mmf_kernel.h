@@ -1,9 +1,11 @@
-// MatMul-free LM token-step accelerator: top-level interface (Vitis HLS kernel "mmf_kernel").
+// MatMul-free LM token-step accelerator: top-level interface (Vitis HLS kernel "mmf_kernel"), the
+// same for every architecture (MLGRU, RWKV-4).
 //
 // One call runs `n_prompt` teacher-forced steps (tokens from tok_in) and then `n_gen` greedy
 // steps, each fed with the previous step's on-chip argmax. Step s writes its argmax token to
 // tok_out[s] and, with MMF_FLAG_LOGITS, its V logits (Q(MMF_LOGIT_FRAC)) to logits[s*V ...].
-// The recurrent state h (L x D) and the last token stay on chip between calls.
+// The recurrent state (MLGRU: h, L x D; RWKV: shifted inputs and WKV sums) and the last token stay on
+// chip between calls.
 #ifndef MMF_KERNEL_H
 #define MMF_KERNEL_H
 
