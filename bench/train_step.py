@@ -190,7 +190,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for name, ph in phases.items():
-        print(f"{name:<18} step {ph['step'] * 1e3:8.1f} ms, cpu {ph['step_cpu'] * 1e3:8.1f} ms  (fwd {ph['forward'] * 1e3:.1f}, "
+        print(f"{name:<18} step {ph['step'] * 1e3:8.1f} ms, cpu {ph['step_cpu'] * 1e3:8.1f} ms  "
+              f"(fwd {ph['forward'] * 1e3:.1f}, "
               f"bwd {ph['backward'] * 1e3:.1f}, opt {ph['optimizer'] * 1e3:.1f})")
     print("reference ternary step, shares: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     for k, v in ratios.items():
