@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backend
+from .cpu_train import bitlinear_train, scan_train, use_cpu_train_path
 from .functional import linear_recurrence_scan, rms_norm
 from .quant import (
     activation_quantize,
@@ -21,6 +22,11 @@ from .quant import (
     ternary_quantize_ste,
     unpack_ternary,
 )
+
+
+def _cpu_train(x: torch.Tensor) -> bool:
+    """Take the fused CPU training path (:mod:`matmulfree.cpu_train`) unless the reference is forced."""
+    return backend.kernel_backend() != "torch" and use_cpu_train_path(x)
 
 
 class RMSNorm(nn.Module):
@@ -88,6 +94,8 @@ class BitLinear(nn.Module):
             from matmulfree.triton_kernels import bitlinear_dispatch
 
             return bitlinear_dispatch(self, x)
+        if not self.packed and self.weight.requires_grad and _cpu_train(x):
+            return bitlinear_train(x, self.norm.weight, self.weight, self.norm.eps)
         return self.forward_reference(x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +170,8 @@ class MLGRU(nn.Module):
             from matmulfree.triton_kernels import mlgru_scan
 
             h = mlgru_scan(f, b, h0)
+        elif _cpu_train(f):
+            h = scan_train(f, b, h0)
         else:
             h = linear_recurrence_scan(f, b, h0)
         return self.output(g, h, x.dtype), h[:, -1]

@@ -68,6 +68,8 @@ class TrainSection:
     mixed_precision: str = doc_field("no", "no, bf16 or fp16 autocast (accelerate)")
     seed: int = doc_field(1337, "seed of initialisation, data order and samples")
     threads: int | None = doc_field(None, "torch CPU threads (null: torch's default)")
+    compile: bool = doc_field(False, "train through torch.compile (needs a C++ compiler on CPU, Triton on GPU; "
+                              "the run stops with a message naming what is missing)")
 
 
 @dataclass

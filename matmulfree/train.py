@@ -39,6 +39,7 @@ import yaml
 
 from .accumulate import accumulate_gradients, count_targets, summed_token_loss
 from .checkpoint import atomic_write, atomic_write_text, save_model
+from .compile_support import compile_for_training
 from .data import (
     PackedSequences,
     Tokenizer,
@@ -213,6 +214,12 @@ class Trainer:
         # The scheduler is not prepared: accelerate would step it once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(raw[0], lambda s: lr_factor(s, recipe))
         self.acc.register_for_checkpointing(self.scheduler)
+        self.step_model = self.model  # what the training step calls: the model, or its compiled form
+        if t.compile:
+            try:
+                self.step_model = compile_for_training(self.model, self.acc.device)
+            except RuntimeError as e:
+                raise TrainingError(f"{recipe.source}: {e}") from None
         self.processes = self.acc.num_processes
         self.global_batch = t.batch_size * t.grad_accum * self.processes
         self.step = 0
@@ -250,7 +257,7 @@ class Trainer:
         # The whole step's target count, known before the first backward (exact accumulation).
         local = torch.tensor(float(sum(count_targets(b) for b in batches)), device=self.acc.device)
         total_targets = int(self.acc.reduce(local, "sum").item()) if self.processes > 1 else int(local.item())
-        loss_sum = accumulate_gradients(self.model, batches, total_targets, lambda m, s: sequence_loss(m, s),
+        loss_sum = accumulate_gradients(self.step_model, batches, total_targets, lambda m, s: sequence_loss(m, s),
                                         self.acc.backward, self._micro_context,
                                         grad_scale=self.strategy.loss_scale(self.acc))
         loss = (self.acc.reduce(loss_sum, "sum") / total_targets).item()

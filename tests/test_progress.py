@@ -57,3 +57,17 @@ def test_training_in_a_pipe_prints_plain_lines(corpus, tmp_path, capsys):  # noq
     assert steps == ["3/6", "6/6"]
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows if r.split(",")[2]] == ["3", "6"]  # log.csv is unchanged
+
+
+def test_compile_refused_with_a_clear_message(corpus, tmp_path, monkeypatch):  # noqa: F811
+    import pytest
+    import torch
+
+    from matmulfree import compile_support
+    from matmulfree.train import TrainingError
+
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    assert "no-such-compiler-xyz" in compile_support.compile_problem(torch.device("cpu"))
+    recipe = recipe_from_dict(tiny_recipe(corpus, train={"compile": True}), "c.yaml")
+    with pytest.raises(TrainingError, match=r"c.yaml: train.compile: true cannot be used here: .*C\+\+ compiler"):
+        train(recipe, tmp_path / "run")
