@@ -45,6 +45,8 @@ class DataSection:
     streaming: bool = doc_field(False, "stream an hf: dataset instead of downloading it (tokenizes only what is read)")
     max_train_tokens: int | None = doc_field(None, "cap on the tokenized training tokens (null: the whole split)")
     max_validation_tokens: int | None = doc_field(1_000_000, "cap on the tokenized validation tokens (null: all)")
+    num_proc: int | None = doc_field(
+        None, "processes tokenizing an in-memory corpus (datasets.map num_proc; null: one); cached once per machine")
     validation_fraction: float = doc_field(
         0.05, "share of the documents of a text:/jsonl:/parquet: source held out for validation (the last ones)")
 

@@ -46,9 +46,9 @@ from .data import (
     build_tokenizer,
     load_corpus,
     load_tokenizer,
-    sample_indices,
     tokenize_split,
 )
+from .data.sharding import rank_slice, step_indices
 from .distributed import Strategy
 from .models import build_model
 from .progress import ProgressLog
@@ -118,7 +118,8 @@ def prepare_data(recipe: Recipe, out: Path, main_first: Callable[[], contextlib.
                 texts = (row["text"] for row in docs)
             tokenizer = build_tokenizer(d.tokenizer, texts)
         train_tokens = tokenize_split(d.source, tokenizer, "train", max_tokens=d.max_train_tokens,
-                                      validation_fraction=d.validation_fraction, streaming=d.streaming)
+                                      validation_fraction=d.validation_fraction, streaming=d.streaming,
+                                      num_proc=d.num_proc)
         val_source = d.validation_source or d.source
         val_split = "train" if d.validation_source else "validation"
         val_tokens = tokenize_split(val_source, tokenizer, val_split, max_tokens=d.max_validation_tokens,
@@ -231,9 +232,8 @@ class Trainer:
         return self.acc.unwrap_model(self.model)
 
     def _micro_batch(self, indices, micro: int) -> torch.Tensor:
-        b, rank = self.recipe.train.batch_size, self.acc.process_index
-        start = (micro * self.processes + rank) * b
-        return self.data.train.get(indices[start : start + b]).to(self.acc.device)
+        ids = rank_slice(indices, micro, self.acc.process_index, self.processes, self.recipe.train.batch_size)
+        return self.data.train.get(ids).to(self.acc.device)
 
     def _micro_context(self, last: bool) -> contextlib.ExitStack:
         """Autocast, and the strategy's ``no_sync`` on every micro-batch but the last."""
@@ -249,7 +249,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """Run one optimizer step; returns ``(loss nats/token, grad norm)``."""
         t = self.recipe.train
-        indices = sample_indices(len(self.data.train), self.step * self.global_batch, self.global_batch, t.seed)
+        indices = step_indices(len(self.data.train), self.step, self.global_batch, t.seed)
         for g in self.optimizer.param_groups:
             g["weight_decay"] = g["base_weight_decay"] * weight_decay_factor(self.step, self.recipe)
         self.model.train()

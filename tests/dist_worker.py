@@ -1,5 +1,9 @@
 """One rank of a multi-process test, started by ``torch.distributed.run`` from tests/test_distributed.py.
 
+``shard SOURCE CACHE OUT``: every rank tokenizes ``SOURCE`` into the token cache ``CACHE`` at the
+same moment (the file lock lets one of them do it) and writes to ``OUT.<rank>`` whether it tokenized
+and which sequence ids it reads in one epoch (batch 2, accumulation 2).
+
 ``train RECIPE OUT [--resume] [--kill-at N] [--scales FILE]``: train like ``matmulfree train``; with
 ``--kill-at`` every rank exits hard (``os._exit``) right after optimizer step ``N``, like a lost node;
 ``--scales`` records each BitLinear's absmean scale as its forward sees the weight (first forward)
@@ -52,7 +56,35 @@ def _chain(first, second):
     return fn
 
 
+def shard(source: str, cache: str, out: str) -> int:
+    import torch.distributed as dist
+
+    from matmulfree.data import ByteTokenizer, PackedSequences, tokens
+    from matmulfree.data.sharding import rank_epoch
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    calls = []
+    write = tokens._write_tokens
+    tokens._write_tokens = lambda *a, **k: (calls.append(1), write(*a, **k))
+    dist.barrier()  # start tokenizing together
+    tf = tokens.tokenize_split(source, ByteTokenizer(), "train", streaming=source.startswith("hf:"),
+                               directory=cache, validation_fraction=0.2)
+    seqs = PackedSequences(tf.tokens, 16)
+    batch, accum = 2, 2
+    steps = len(seqs) // (batch * accum * world)
+    ids = rank_epoch(len(seqs), steps, batch, accum, rank, world, seed=7)
+    half = rank_epoch(len(seqs), steps - steps // 2, batch, accum, rank, world, seed=7, first_step=steps // 2)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"tokenized": len(calls), "n": len(seqs), "steps": steps, "ids": ids.tolist(),
+                   "resumed_tail": half.tolist(), "path": str(tf.path)}, f)
+    dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "shard":
+        return shard(*argv[1:4])
     p = argparse.ArgumentParser()
     p.add_argument("verb", choices=["train"])
     p.add_argument("recipe")

@@ -56,17 +56,59 @@ def cache_key(source: str, tokenizer: Tokenizer, split: str, max_tokens: int | N
 
 def tokenize_split(source: str, tokenizer: Tokenizer, split: str, *, max_tokens: int | None = None,
                    validation_fraction: float = 0.05, streaming: bool = False,
-                   directory: Path | None = None) -> TokenFile:
-    """The cached :class:`TokenFile` of ``source``/``split``, tokenizing on the first call."""
+                   directory: Path | None = None, num_proc: int | None = None) -> TokenFile:
+    """The cached :class:`TokenFile` of ``source``/``split``, tokenizing on the first call.
+
+    A file lock (``<key>.lock`` beside the cache) makes processes that start together on one
+    machine (the ranks of a multi-GPU run) tokenize once: the first holds the lock and writes, the
+    others wait and then map the finished file. ``num_proc > 1`` tokenizes an in-memory corpus with
+    ``datasets.map(num_proc=...)`` (same tokens as one process) and shows its progress bar.
+    """
+    from filelock import FileLock
+
     directory = Path(directory or cache_dir() / "tokens")
     key = cache_key(source, tokenizer, split, max_tokens, validation_fraction)
     path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
-    if not (path.is_file() and meta_path.is_file()):
-        docs = load_corpus(source, split, validation_fraction, streaming)
-        _write_tokens(docs, tokenizer, path, meta_path, max_tokens, f"{source} [{split}]")
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / f"{key}.lock")):
+        if not (path.is_file() and meta_path.is_file()):
+            docs = load_corpus(source, split, validation_fraction, streaming)
+            if num_proc and num_proc > 1 and hasattr(docs, "num_rows"):
+                docs = _parallel_tokenize(docs, tokenizer, num_proc, f"{source} [{split}]")
+            _write_tokens(docs, tokenizer, path, meta_path, max_tokens, f"{source} [{split}]")
     meta = json.loads(meta_path.read_text())
     tokens = np.memmap(path, dtype=meta["dtype"], mode="r") if meta["n_tokens"] else np.zeros(0, meta["dtype"])
     return TokenFile(path, tokens, meta["n_bytes"], meta["n_documents"])
+
+
+class _Tokenized:
+    """Documents already tokenized by :func:`_parallel_tokenize`: rows of (``n_bytes``, ``ids``)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+
+def _tokenize_rows(batch: dict, tokenizer: Tokenizer) -> dict:
+    texts = [t for t in batch["text"] if t]
+    return {"ids": tokenizer.encode_batch(texts), "n_bytes": [len(t.encode("utf-8")) for t in texts]}
+
+
+def _parallel_tokenize(docs, tokenizer: Tokenizer, num_proc: int, what: str) -> _Tokenized:
+    """Tokenize a ``datasets.Dataset`` on ``num_proc`` processes, keeping the document order."""
+    ds = docs.map(_tokenize_rows, batched=True, batch_size=256, num_proc=num_proc, remove_columns=docs.column_names,
+                  fn_kwargs={"tokenizer": tokenizer}, desc=f"tokenizing {what}", load_from_cache_file=False)
+    return _Tokenized(ds)
+
+
+def _encoded(docs, tokenizer: Tokenizer):
+    """``(n_bytes, ids)`` per non-empty document."""
+    if isinstance(docs, _Tokenized):
+        for row in docs.ds:
+            yield row["n_bytes"], row["ids"]
+        return
+    for batch in _batches(docs, 256):
+        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+            yield len(text.encode("utf-8")), ids
 
 
 def _write_tokens(docs, tokenizer: Tokenizer, path: Path, meta_path: Path, max_tokens: int | None, what: str) -> None:
@@ -75,16 +117,13 @@ def _write_tokens(docs, tokenizer: Tokenizer, path: Path, meta_path: Path, max_t
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n_tokens = n_bytes = n_docs = 0
     with open(tmp, "wb") as out:
-        for batch in _batches(docs, 256):
-            for text, ids in zip(batch, tokenizer.encode_batch(batch)):
-                if tokenizer.eos_id is not None:
-                    ids = ids + [tokenizer.eos_id]
-                if max_tokens is not None:
-                    ids = ids[: max_tokens - n_tokens]
-                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode("utf-8")), n_docs + 1
-                if max_tokens is not None and n_tokens >= max_tokens:
-                    break
+        for doc_bytes, ids in _encoded(docs, tokenizer):
+            if tokenizer.eos_id is not None:
+                ids = ids + [tokenizer.eos_id]
+            if max_tokens is not None:
+                ids = ids[: max_tokens - n_tokens]
+            out.write(np.asarray(ids, dtype=dtype).tobytes())
+            n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + doc_bytes, n_docs + 1
             if max_tokens is not None and n_tokens >= max_tokens:
                 break
     if n_tokens == 0:
