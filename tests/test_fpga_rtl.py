@@ -195,15 +195,15 @@ def test_compact_core_flags_rows_too_close(tiny):
     import dataclasses
 
     from amaranth.sim import Simulator
-    from matmulfree.fpga.rtl.core import Core
     from matmulfree.fpga.rtl.sim import load_boot_image
+    from matmulfree.fpga.rtl.variants import make_core
 
     P, ids = tiny
     prog = program.build_program(P, 1, 2, compact=True)
     ops = [dataclasses.replace(o, period0=max(o.chunks, program.MIN_PERIOD0), period=o.chunks)
            if o.op == program.MV else o for o in prog.ops]
     assert min(o.period for o in ops if o.op == program.MV) < program.SERIAL_POST_CYCLES
-    dut = Core(dataclasses.replace(prog, ops=ops))
+    dut = make_core(dataclasses.replace(prog, ops=ops))
     seen = {}
 
     async def bench(ctx):
@@ -226,10 +226,10 @@ def test_compact_core_multiplier_count(tiny):
     product takes three): one shared by the output scale, the serial post unit and the vector unit's
     slot-1 product; two shared by the vector unit and the quantizer; the vector unit's slot-2 product."""
     from amaranth.back import rtlil
-    from matmulfree.fpga.rtl.core import Core
+    from matmulfree.fpga.rtl.variants import make_core
 
     P, _ = tiny
-    n = {c: rtlil.convert(Core(program.build_program(P, 1, 1, compact=c)), name="core").count("cell $mul ")
+    n = {c: rtlil.convert(make_core(program.build_program(P, 1, 1, compact=c)), name="core").count("cell $mul ")
          for c in (True, False)}
     assert n[False] - n[True] == 13 - 4
     with pytest.raises(program.ProgramError, match="rows=1"):
