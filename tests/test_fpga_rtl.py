@@ -240,6 +240,46 @@ def test_compact_core_multiplier_count(tiny):
         boot_layout(program.build_program(P, 1, 8, compact=True))
 
 
+def test_core_variants_and_primitives(tiny):
+    """``make_core`` picks the variant a program was compiled for; each variant refuses the other's
+    program; the three primitive choices are checked and each one decides which instances the RTL holds."""
+    from amaranth.back import rtlil
+    from matmulfree.fpga.rtl.compact_core import CompactCore
+    from matmulfree.fpga.rtl.lane_core import LaneCore
+    from matmulfree.fpga.rtl.primitives import Primitives, for_target
+    from matmulfree.fpga.rtl.variants import make_core
+
+    P, _ = tiny
+    lane, compact = program.build_program(P, 2, 2), program.build_program(P, 1, 1, compact=True)
+    assert type(make_core(lane)) is LaneCore and type(make_core(compact)) is CompactCore
+    with pytest.raises(program.ProgramError, match="compiled for the compact core"):
+        LaneCore(compact)
+    with pytest.raises(program.ProgramError, match="compiled for the lane core"):
+        CompactCore(lane)
+    with pytest.raises(ValueError, match="weight_memory='spram'.*lane core"):
+        LaneCore(lane, Primitives(weight_memory="spram"))
+    with pytest.raises(ValueError, match=r"multipliers='sb_mac32' is not one of \['inferred', 'mult18x18d'\]"):
+        Primitives(multipliers="sb_mac32")
+    with pytest.raises(ValueError, match="gain_rom='outreg'"):
+        Primitives(gain_rom="outreg")
+    assert for_target("ecp5", False) == Primitives("mult18x18d", "block_ram", "dp16kd")
+    assert for_target("ecp5", False, dsp_regs=False) == Primitives()
+    assert for_target("ice40", True) == Primitives(weight_memory="spram")
+    assert for_target("ice40", False) == Primitives()
+
+    def cells(prog, prims):
+        il = rtlil.convert(make_core(prog, prims), name="core")
+        return {c: il.count(f"cell \\{c} ") for c in ("MULT18X18D", "DP16KD", "SB_SPRAM256KA")}
+
+    assert cells(lane, Primitives()) == {"MULT18X18D": 0, "DP16KD": 0, "SB_SPRAM256KA": 0}
+    got = cells(lane, Primitives(multipliers="mult18x18d"))
+    assert got["MULT18X18D"] == 5 * 2 + 2 * 2 + 4 + 2 and got["DP16KD"] == 0  # vector, quantizer (per input), post, scale
+    got = cells(lane, Primitives(gain_rom="dp16kd"))
+    assert got["MULT18X18D"] == 0 and got["DP16KD"] > 0
+    assert cells(compact, Primitives(weight_memory="spram"))["SB_SPRAM256KA"] == 4
+    assert cells(compact, Primitives()) == {"MULT18X18D": 0, "DP16KD": 0, "SB_SPRAM256KA": 0}
+
+
 def test_up5k_recipe_fits_the_boot_plan():
     """``shakespeare-up5k`` fits the compact core's boot plan: its 15,360 ternary weights fill the UP5K weight
     SPRAM (16,384 words, one weight each at one lane)."""
