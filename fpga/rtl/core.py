@@ -51,7 +51,11 @@ class CoreBase(wiring.Component):
 
     def __init__(self, prog: Program, prims: Primitives | None = None) -> None:
         self.prog, self.prims = prog, prims or Primitives()
-        self.check(prog, self.prims)
+        try:
+            self.check(prog, self.prims)
+        except ValueError:
+            self._MustUse__silence = True  # refused: no "created but never used" warning from Amaranth
+            raise
         tb = prog.tok_bits
         super().__init__({
             "tok_in": In(tb), "tok_in_valid": In(1), "tok_in_ready": Out(1),
