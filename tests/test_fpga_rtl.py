@@ -273,7 +273,8 @@ def test_core_variants_and_primitives(tiny):
 
     assert cells(lane, Primitives()) == {"MULT18X18D": 0, "DP16KD": 0, "SB_SPRAM256KA": 0}
     got = cells(lane, Primitives(multipliers="mult18x18d"))
-    assert got["MULT18X18D"] == 5 * 2 + 2 * 2 + 4 + 2 and got["DP16KD"] == 0  # vector, quantizer (per input), post, scale
+    # per input: vector unit 5, quantizer 2; post unit 4, output scale 2
+    assert got["MULT18X18D"] == 5 * 2 + 2 * 2 + 4 + 2 and got["DP16KD"] == 0
     got = cells(lane, Primitives(gain_rom="dp16kd"))
     assert got["MULT18X18D"] == 0 and got["DP16KD"] > 0
     assert cells(compact, Primitives(weight_memory="spram"))["SB_SPRAM256KA"] == 4
