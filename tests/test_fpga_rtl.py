@@ -195,15 +195,15 @@ def test_compact_core_flags_rows_too_close(tiny):
     import dataclasses
 
     from amaranth.sim import Simulator
-    from matmulfree.fpga.rtl.core import Core
     from matmulfree.fpga.rtl.sim import load_boot_image
+    from matmulfree.fpga.rtl.variants import make_core
 
     P, ids = tiny
     prog = program.build_program(P, 1, 2, compact=True)
     ops = [dataclasses.replace(o, period0=max(o.chunks, program.MIN_PERIOD0), period=o.chunks)
            if o.op == program.MV else o for o in prog.ops]
     assert min(o.period for o in ops if o.op == program.MV) < program.SERIAL_POST_CYCLES
-    dut = Core(dataclasses.replace(prog, ops=ops))
+    dut = make_core(dataclasses.replace(prog, ops=ops))
     seen = {}
 
     async def bench(ctx):
@@ -226,10 +226,10 @@ def test_compact_core_multiplier_count(tiny):
     product takes three): one shared by the output scale, the serial post unit and the vector unit's
     slot-1 product; two shared by the vector unit and the quantizer; the vector unit's slot-2 product."""
     from amaranth.back import rtlil
-    from matmulfree.fpga.rtl.core import Core
+    from matmulfree.fpga.rtl.variants import make_core
 
     P, _ = tiny
-    n = {c: rtlil.convert(Core(program.build_program(P, 1, 1, compact=c)), name="core").count("cell $mul ")
+    n = {c: rtlil.convert(make_core(program.build_program(P, 1, 1, compact=c)), name="core").count("cell $mul ")
          for c in (True, False)}
     assert n[False] - n[True] == 13 - 4
     with pytest.raises(program.ProgramError, match="rows=1"):
@@ -238,6 +238,47 @@ def test_compact_core_multiplier_count(tiny):
 
     with pytest.raises(program.ProgramError, match="16-bit words: lanes=8"):  # SPRAM words hold <= 8 weights
         boot_layout(program.build_program(P, 1, 8, compact=True))
+
+
+def test_core_variants_and_primitives(tiny):
+    """``make_core`` picks the variant a program was compiled for; each variant refuses the other's
+    program; the three primitive choices are checked and each one decides which instances the RTL holds."""
+    from amaranth.back import rtlil
+    from matmulfree.fpga.rtl.compact_core import CompactCore
+    from matmulfree.fpga.rtl.lane_core import LaneCore
+    from matmulfree.fpga.rtl.primitives import Primitives, for_target
+    from matmulfree.fpga.rtl.variants import make_core
+
+    P, _ = tiny
+    lane, compact = program.build_program(P, 2, 2), program.build_program(P, 1, 1, compact=True)
+    assert type(make_core(lane)) is LaneCore and type(make_core(compact)) is CompactCore
+    with pytest.raises(program.ProgramError, match="compiled for the compact core"):
+        LaneCore(compact)
+    with pytest.raises(program.ProgramError, match="compiled for the lane core"):
+        CompactCore(lane)
+    with pytest.raises(ValueError, match="weight_memory='spram'.*lane core"):
+        LaneCore(lane, Primitives(weight_memory="spram"))
+    with pytest.raises(ValueError, match=r"multipliers='sb_mac32' is not one of \['inferred', 'mult18x18d'\]"):
+        Primitives(multipliers="sb_mac32")
+    with pytest.raises(ValueError, match="gain_rom='outreg'"):
+        Primitives(gain_rom="outreg")
+    assert for_target("ecp5", False) == Primitives("mult18x18d", "block_ram", "dp16kd")
+    assert for_target("ecp5", False, dsp_regs=False) == Primitives()
+    assert for_target("ice40", True) == Primitives(weight_memory="spram")
+    assert for_target("ice40", False) == Primitives()
+
+    def cells(prog, prims):
+        il = rtlil.convert(make_core(prog, prims), name="core")
+        return {c: il.count(f"cell \\{c} ") for c in ("MULT18X18D", "DP16KD", "SB_SPRAM256KA")}
+
+    assert cells(lane, Primitives()) == {"MULT18X18D": 0, "DP16KD": 0, "SB_SPRAM256KA": 0}
+    got = cells(lane, Primitives(multipliers="mult18x18d"))
+    # per input: vector unit 5, quantizer 2; post unit 4, output scale 2
+    assert got["MULT18X18D"] == 5 * 2 + 2 * 2 + 4 + 2 and got["DP16KD"] == 0
+    got = cells(lane, Primitives(gain_rom="dp16kd"))
+    assert got["MULT18X18D"] == 0 and got["DP16KD"] > 0
+    assert cells(compact, Primitives(weight_memory="spram"))["SB_SPRAM256KA"] == 4
+    assert cells(compact, Primitives()) == {"MULT18X18D": 0, "DP16KD": 0, "SB_SPRAM256KA": 0}
 
 
 def test_up5k_recipe_fits_the_boot_plan():

@@ -5,10 +5,16 @@ Modules (one job each):
 
 * :mod:`.program` — static schedule (micro-program) and ROM images from the integer parameters;
 * :mod:`.arith`, :mod:`.banks` — rounding/saturation/shift blocks and banked memories;
-* :mod:`.passes`, :mod:`.matvec`, :mod:`.post` — vector unit, ternary matvec unit, post unit;
-* :mod:`.post_serial`, :mod:`.boot` — the compact core's (iCE40UP5K) serial post unit and its
-  boot-loaded SPRAM memories (tables, embedding, weights);
-* :mod:`.core` — the :class:`~.core.Core` (sequencer + units, stream interface);
+* :mod:`.passes`, :mod:`.matvec` — the stages of the vector unit and the ternary matvec unit that
+  both core variants share (small functions);
+* :mod:`.core` — :class:`~.core.CoreBase`, what every core has (stream interface, buffers, program
+  ROM, sequencer, port wiring);
+* :mod:`.lane_core` — the pipelined lane core (ECP5): its own pieces of the units, the pipelined post
+  unit (:mod:`.post`) and bitstream ROMs;
+* :mod:`.compact_core` — the compact core (iCE40UP5K): shared multipliers and shifter, the serial post
+  unit (:mod:`.post_serial`) and boot-loaded SPRAM memories (:mod:`.boot`);
+* :mod:`.variants` — the variant a program was compiled for (:func:`~.variants.make_core`);
+* :mod:`.primitives` — which FPGA primitives the multipliers, the weight memory and the gain ROMs map to;
 * :mod:`.uart` — 8N1 serial wrapper and board top (PLL blackbox from ecppll/icepll);
 * :mod:`.sim` — Amaranth simulation checked bit for bit against the integer reference (and a
   simulated serial port for the host program);
@@ -27,10 +33,12 @@ Typical use::
     assert check_against_reference(res, P) == []
 """
 
+from .primitives import Primitives
 from .program import Program, ProgramError, build_program
 from .schedule import cycles_per_token
 
-_LAZY = {"SimResult": "sim", "check_against_reference": "sim", "simulate": "sim", "Core": "core"}
+_LAZY = {"SimResult": "sim", "check_against_reference": "sim", "simulate": "sim", "CoreBase": "core",
+         "LaneCore": "lane_core", "CompactCore": "compact_core", "make_core": "variants"}
 
 
 def __getattr__(name: str):
@@ -42,5 +50,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Core", "Program", "ProgramError", "SimResult", "build_program", "check_against_reference",
-           "cycles_per_token", "simulate"]
+__all__ = ["CompactCore", "CoreBase", "LaneCore", "Primitives", "Program", "ProgramError", "SimResult", "build_program",
+           "check_against_reference", "cycles_per_token", "make_core", "simulate"]

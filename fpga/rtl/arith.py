@@ -130,17 +130,17 @@ def round_sat_finish(fits: Value, low: Value, u0: Value, neg: Value, bits: int) 
     return Mux(fits, Mux(in_range(inc, bits), inc, hi), Mux(neg, lo, hi))
 
 
-def mul_reg(m: Module, a: Value, b: Value, shape, name: str, dsp: str | None = None) -> Signal:
+def mul_reg(m: Module, a: Value, b: Value, shape, name: str, multipliers: str = "inferred") -> Signal:
     """Registered product ``a * b`` (both operands must fit signed 18 bits), valid one cycle later.
 
-    ``dsp=None`` (simulation, generic synthesis): ``reg(a * b)``. ``dsp="ecp5"``: an ECP5
-    ``MULT18X18D`` whose own output register is the product register (same cycle behaviour);
-    this keeps the routing out of the multiplier's timing path.
+    ``multipliers`` (:mod:`.primitives`): ``"inferred"`` is ``reg(a * b)`` (simulation; synthesis maps
+    it); ``"mult18x18d"`` an ECP5 ``MULT18X18D`` whose own output register is the product register
+    (same cycle behaviour), which keeps the routing out of the multiplier's timing path.
     """
-    if dsp in (None, "ice40"):  # iCE40: yosys infers SB_MAC16 blocks
+    if multipliers == "inferred":
         return reg(m, a * b, shape, name=name)
-    if dsp != "ecp5":
-        raise ValueError(f"mul_reg: unknown dsp {dsp!r}")
+    if multipliers != "mult18x18d":
+        raise ValueError(f"mul_reg: unknown multipliers {multipliers!r}")
     from amaranth.hdl import ClockSignal, Instance
 
     A, B = Signal(signed(18), name=f"{name}_a"), Signal(signed(18), name=f"{name}_b")
@@ -164,7 +164,7 @@ def mul_reg(m: Module, a: Value, b: Value, shape, name: str, dsp: str | None = N
 
 class MuxedMul:
     """One registered ``s<width> x s<width>`` multiplier (``width <= 18``) shared by units that use it at
-    disjoint times (compact cores): ``sel`` (stable while a side uses it) picks the side whose
+    disjoint times (the compact core): ``sel`` (stable while a side uses it) picks the side whose
     operands feed it.
 
     A side is used either combinationally, ``use(m, side, a, b, shape, name)`` (product one cycle after
@@ -172,13 +172,14 @@ class MuxedMul:
     (loaded in cycles where ``cond`` holds; product two cycles after the load, valid until the next).
     """
 
-    def __init__(self, m: Module, name: str, sel: Value, sides: int, dsp: str | None = None, width: int = 18) -> None:
+    def __init__(self, m: Module, name: str, sel: Value, sides: int, multipliers: str = "inferred",
+                 width: int = 18) -> None:
         self.a = [Signal(signed(width), name=f"{name}_a{i}") for i in range(sides)]
         self.b = [Signal(signed(width), name=f"{name}_b{i}") for i in range(sides)]
         a, b = self.a[0], self.b[0]
         for i in range(1, sides):
             a, b = Mux(sel == i, self.a[i], a), Mux(sel == i, self.b[i], b)
-        self.prod = mul_reg(m, a, b, signed(2 * width), f"{name}_p", dsp)
+        self.prod = mul_reg(m, a, b, signed(2 * width), f"{name}_p", multipliers)
 
     def use(self, m: Module, side: int, a: Value, b: Value, shape, name: str) -> Signal:
         m.d.comb += [self.a[side].eq(a), self.b[side].eq(b)]
@@ -194,7 +195,7 @@ class MuxedMul:
 
 class SharedShift:
     """One registered :class:`VarShift` stage 1 (``x >>> (s-1)`` on the widened value) for units that
-    use it at disjoint times (compact cores): ``sel`` picks the user whose ``(x, amount)`` feed it;
+    use it at disjoint times (the compact core): ``sel`` picks the user whose ``(x, amount)`` feed it;
     ``use(m, i, x, amt)`` drives user ``i``'s request and returns the result register (valid the cycle
     after the request, until the next one)."""
 
@@ -211,15 +212,6 @@ class SharedShift:
     def use(self, m: Module, i: int, x: Value, amt: Value) -> Signal:
         m.d.comb += [self.x[i].eq(x), self.amt[i].eq(amt)]
         return self.out
-
-
-def product(m: Module, cx, a: Value, b: Value, shape, name: str, share: tuple[str, int, int] | None = None):
-    """Registered product ``a * b`` of a unit: its own multiplier (:func:`mul_reg`) or, in a compact core
-    that has it, side ``share[2]`` of the shared multiplier ``cx.muls[share[0]][share[1]]`` (name, lane)."""
-    if share is not None and cx.muls is not None and share[1] < len(cx.muls.get(share[0], [])):
-        key, k, side = share
-        return cx.muls[key][k].use(m, side, a, b, shape, name)
-    return mul_reg(m, a, b, shape, name, cx.dsp)
 
 
 def const_round_shift(x: Value, s: int) -> Value:
@@ -250,5 +242,5 @@ def delay(m: Module, value: Value, n: int, name: str = "dly") -> Value:
 
 
 __all__ = ["Const", "MuxedMul", "SharedShift", "VarShift", "abs_", "bitlength", "clamp_int", "const_round_shift",
-           "delay", "in_range", "mul_reg", "product", "reg", "round_sat", "round_sat2", "round_sat_finish", "saturate",
+           "delay", "in_range", "mul_reg", "reg", "round_sat", "round_sat2", "round_sat_finish", "saturate",
            "unsigned"]

@@ -35,13 +35,14 @@ class Banks:
 
     Attributes ``rd[k]`` / ``wr[k]`` are the read / write ports; ``data(k)`` is the read data, one
     cycle after ``rd[k].addr`` or, for a ROM with ``out_reg=True``, two cycles after it. With
-    ``prims="ecp5"`` such a ROM is a set of DP16KD blocks whose own output register (``OUTREG``)
-    is that second stage, so the block's slow clock-to-output stays out of the fabric paths.
+    ``rom_primitive="dp16kd"`` (:mod:`.primitives`, ``gain_rom``) such a ROM is a set of DP16KD blocks
+    whose own output register (``OUTREG``) is that second stage, so the block's slow clock-to-output
+    stays out of the fabric paths.
     """
 
     def __init__(self, m: Module, name: str, width: int, depth: int, K: int,
                  init: list[list[int]] | None = None, writable: bool = True,
-                 out_reg: bool = False, prims: str | None = None) -> None:
+                 out_reg: bool = False, rom_primitive: str = "inferred") -> None:
         if out_reg and writable:
             raise ValueError(f"Banks {name!r}: out_reg is for ROMs (writable=False)")
         self.width, self.depth, self.K = width, max(1, depth), K
@@ -49,7 +50,7 @@ class Banks:
         for k in range(K):
             words = init[k] if init else []
             if out_reg:
-                self.rd.append(rom_out_reg(m, f"{name}{k}", width, self.depth, words, prims))
+                self.rd.append(rom_out_reg(m, f"{name}{k}", width, self.depth, words, rom_primitive))
                 self.wr.append(None)
                 self._data.append(self.rd[k].data)
                 continue
@@ -89,19 +90,19 @@ def dp16kd_initvals(words: list[int], w: int) -> dict[str, Const]:
 
 
 def rom_out_reg(m: Module, name: str, width: int, depth: int, init: list[int],
-                prims: str | None = None) -> SimpleNamespace:
+                primitive: str = "inferred") -> SimpleNamespace:
     """A ROM whose data (``.data``) is valid two cycles after its address (``.addr``).
 
-    ``prims=None``: a memory read port and one register (simulation, other targets).
-    ``prims="ecp5"``: DP16KD blocks side by side in 18- or 9-bit mode with ``REGMODE=OUTREG``
+    ``primitive="inferred"``: a memory read port and one register (simulation, any target).
+    ``primitive="dp16kd"``: ECP5 DP16KD blocks side by side in 18- or 9-bit mode with ``REGMODE=OUTREG``
     (same behaviour); falls back to the first form when the ROM is deeper than 2048 words.
     """
-    if prims not in (None, "ecp5", "ice40"):
-        raise ValueError(f"rom_out_reg: unknown primitives {prims!r}")
+    if primitive not in ("inferred", "dp16kd"):
+        raise ValueError(f"rom_out_reg: unknown primitive {primitive!r} (inferred or dp16kd)")
     depth = max(1, depth)
     addr = Signal(range(max(2, depth)), name=f"{name}_addr")
     data = Signal(width, name=f"{name}_q")
-    mode = dp16kd_mode(depth) if prims == "ecp5" else None
+    mode = dp16kd_mode(depth) if primitive == "dp16kd" else None
     if mode is None:
         rp = rom(m, name, width, init, depth)
         m.d.comb += rp.addr.eq(addr)

@@ -1,4 +1,4 @@
-"""Boot-loaded memories of compact cores (iCE40UP5K): the σ/SiLU/reciprocal/rsqrt tables, the
+"""Boot-loaded memories of the compact core (iCE40UP5K): the σ/SiLU/reciprocal/rsqrt tables, the
 embedding and the ternary weights live in the four 16K x 16-bit single-port SPRAMs, which a
 bitstream cannot initialize; the core loads them from a word stream (the *boot image*, written by
 the export as ``boot.bin``) before it accepts a token.
@@ -99,14 +99,15 @@ def boot_layout(prog: Program) -> BootLayout:
     return BootLayout(images, 0, len(recip), len(recip) + len(rsqrt))
 
 
-def spram(m: Module, name: str, depth: int, prims: str | None) -> SimpleNamespace:
+def spram(m: Module, name: str, depth: int, weight_memory: str) -> SimpleNamespace:
     """One single-port 16-bit RAM: ``addr``, ``wdata``, ``we`` in, ``data`` out one cycle after a read
-    (held during writes). ``prims="ice40"`` instantiates ``SB_SPRAM256KA`` (builds only: the simulator
-    cannot run it); otherwise an Amaranth memory of ``depth`` words with the behaviour of yosys'
-    model of that block (synchronous read while ``WREN`` is low, output unchanged during a write)."""
+    (held during writes). ``weight_memory="spram"`` (:mod:`.primitives`) instantiates ``SB_SPRAM256KA``
+    (builds only: the simulator cannot run it); ``"block_ram"`` an Amaranth memory of ``depth`` words
+    with the behaviour of yosys' model of that block (synchronous read while ``WREN`` is low, output
+    unchanged during a write)."""
     r = SimpleNamespace(addr=Signal(14, name=f"{name}_addr"), wdata=Signal(16, name=f"{name}_wdata"),
                         we=Signal(name=f"{name}_we"), data=Signal(16, name=f"{name}_q"))
-    if prims == "ice40":
+    if weight_memory == "spram":
         m.submodules[name] = Instance(
             "SB_SPRAM256KA", i_ADDRESS=r.addr, i_DATAIN=r.wdata, i_MASKWREN=0b1111, i_WREN=r.we, i_CHIPSELECT=1,
             i_CLOCK=ClockSignal("sync"), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=r.data)
@@ -119,12 +120,12 @@ def spram(m: Module, name: str, depth: int, prims: str | None) -> SimpleNamespac
     return r
 
 
-def build(m: Module, cx: SimpleNamespace, prims: str | None, boot_data, boot_valid, booted) -> BootLayout:
+def build(m: Module, cx: SimpleNamespace, weight_memory: str, boot_data, boot_valid, booted) -> BootLayout:
     """SPRAMs, their loader (one ``boot_data`` word per ``boot_valid`` cycle until ``booted``) and the
     read views ``cx.recip``, ``cx.rsqrt``, ``cx.emb``, ``cx.sig``, ``cx.silu``, ``cx.wmem``."""
     p = cx.prog
     lay = boot_layout(p)
-    rams = {n: spram(m, f"spram_{n}", len(lay.images[n]), prims) for n in SPRAMS}
+    rams = {n: spram(m, f"spram_{n}", len(lay.images[n]), weight_memory) for n in SPRAMS}
     sizes = [len(lay.images[n]) for n in SPRAMS]
 
     # ---------------------------------------------------------------- loader

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .primitives import for_target
 from .program import Program, ProgramError
 
 #: Device capacities (LUT4, flip-flops, 18/4-kbit block RAMs, 18x18/16x16 multipliers, iCE40UP SPRAMs).
@@ -123,8 +124,7 @@ def write_rtl(prog: Program, out: Path, opts: BuildOptions, pll_ports, clk_mhz: 
     from .uart import BoardTop
 
     divisor = max(4, round(clk_mhz * 1e6 / opts.baud))
-    prims = {"ecp5": "ecp5" if opts.dsp_regs else None, "ice40": "ice40"}[opts.target]
-    top = BoardTop(prog, divisor, pll_ports, prims)
+    top = BoardTop(prog, divisor, pll_ports, for_target(opts.target, prog.compact, opts.dsp_regs))
     (out / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports()))
     reads = "read_verilog pll.v\n" if pll_ports else ""
     script = f"{reads}read_rtlil top.il\nhierarchy -top top\nproc -nomux -norom\nmemory_collect\n" \

@@ -194,9 +194,9 @@ def run_export(args: argparse.Namespace) -> int:
     if args.no_build:
         from amaranth.back import rtlil
 
-        from .core import Core
+        from .variants import make_core
 
-        (out / "core.il").write_text(rtlil.convert(Core(prog), name="matmulfree_core"))
+        (out / "core.il").write_text(rtlil.convert(make_core(prog), name="matmulfree_core"))
         print(f"wrote {out / 'core.il'} (RTLIL of the core; no bitstream: --no-build)")
         return 0
     opts = BuildOptions(target=target, device=args.device or d["device"], package=args.package or d["package"],

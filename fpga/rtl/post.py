@@ -1,5 +1,7 @@
-"""Post unit: one BitLinear output row per cycle through requantization and the element-wise
-stages of the token step (FORMATS §4.6-4.9).
+"""Pipelined post unit (the lane core, :mod:`.lane_core`): one BitLinear output row per cycle through
+requantization and the element-wise stages of the token step (FORMATS §4.6-4.9). The helpers
+:func:`flags`, :func:`row_in`, :func:`pick`, :func:`table_index`, :func:`last_operands` and
+:func:`row_out` are shared with the serial post unit of the compact core (:mod:`.post_serial`).
 
 Stages: P0 row in (+ buffer reads, argmax on the raw accumulator) -> P1 ``acc_s``, buffer data
 -> P2 registered -> P3 products ``acc_s*q_m``, ``f*h``, ``(32768-f)*c`` -> P3b coarse requant shift
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 
-from .arith import VarShift, abs_, const_round_shift, delay, in_range, mul_reg, reg, round_sat_finish, saturate
+from .arith import VarShift, abs_, const_round_shift, in_range, mul_reg, reg, round_sat_finish, saturate
 from .program import K_C, K_F, K_G, K_GLU, K_HEAD, K_RES, T_BITS
 
 
@@ -110,9 +112,9 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     lb2 = reg(m, pd[16:32], unsigned(16), name="p2_lb") if has_lb else None
 
     # ------------------------------------------------------------ P3 products
-    prod3 = mul_reg(m, c2["accs"], mq2, signed(36), "p3_prod", cx.dsp)
-    ma3 = mul_reg(m, fv2, hv2, signed(36), "p3_ma", cx.dsp)
-    mb3 = mul_reg(m, ifv2, cv2, signed(36), "p3_mb", cx.dsp)
+    prod3 = mul_reg(m, c2["accs"], mq2, signed(36), "p3_prod", cx.multipliers)
+    ma3 = mul_reg(m, fv2, hv2, signed(36), "p3_ma", cx.multipliers)
+    mb3 = mul_reg(m, ifv2, cv2, signed(36), "p3_mb", cx.multipliers)
     carry = dict(c2, xv=xv2, cv=cv2)
     if has_lb:
         carry["lb"] = lb2
@@ -169,12 +171,17 @@ def build(m: Module, cx: SimpleNamespace) -> None:
     ma9 = reg(m, ma, signed(18), name="p9_ma")
     mb9 = reg(m, mb, signed(18), name="p9_mb")
     c9 = {n: reg(m, x, name=f"p9_{n}") for n, x in dict(c8, sig=sig8, silu=silu8).items()}
-    prod10 = mul_reg(m, ma9, mb9, signed(T_BITS), "p10_prod", cx.dsp)
+    prod10 = mul_reg(m, ma9, mb9, signed(T_BITS), "p10_prod", cx.multipliers)
     c10 = {n: reg(m, x, name=f"p10_{n}") for n, x in c9.items()}
     prod9, c9 = prod10, c10
 
     # ------------------------------------------------------------ writes, maxima, completion
-    row_out(m, cx, fl, c9["v"], c9, prod9)
+    t_val, x_new = row_out(m, cx, fl, c9["v"], c9, prod9)
+    pp = cx.pp
+    pp.upd_t = reg(m, pp.we_t, name="p10_updt")
+    pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
+    pp.upd_x = reg(m, pp.we_x, name="p10_updx")
+    pp.val_x = reg(m, abs_(x_new), unsigned(fl.resb), name="p10_valx")
 
 
 def last_operands(f: SimpleNamespace, r: dict, sig):
@@ -187,11 +194,13 @@ def last_operands(f: SimpleNamespace, r: dict, sig):
     return ma, Mux(f.glu, r["accs"], sig)
 
 
-def row_out(m: Module, cx: SimpleNamespace, f: SimpleNamespace, v, r: dict, prod) -> None:
-    """Buffer writes, logit output, running maxima and the completion count of one finished row.
+def row_out(m: Module, cx: SimpleNamespace, f: SimpleNamespace, v, r: dict, prod) -> tuple[Value, Value]:
+    """Buffer writes, logit output, running-maximum resets and the completion count of one finished row.
 
     ``v`` marks the cycle the row is written; ``r`` holds its ``e``, ``j``, ``up`` and results
     (``gg`` first product, ``lb``, ``sig``, ``silu``, ``h``, ``xs``, ``y``); ``prod`` is the third product.
+    Returns the values written to ``T`` and ``X`` (each post unit feeds them to the running maxima
+    its own way: ``pp.upd_*`` / ``pp.val_*``).
     """
     p, lgK, op, pp = cx.prog, cx.lgK, cx.op, cx.pp
     e, up = r["e"], r["up"]
@@ -213,17 +222,10 @@ def row_out(m: Module, cx: SimpleNamespace, f: SimpleNamespace, v, r: dict, prod
     kind = op["kind"]
     pp.rst_x = cx.mv_start & (kind == K_RES)
     pp.rst_t = cx.mv_start & ((kind == K_G) | (kind == K_GLU))
-    if p.compact:  # the values go through the vector unit's |.| register and tree (passes.build), 1 + lgK cycles
-        m.d.comb += cx.post_raw.eq(Mux(pp.we_x, x_new, Mux(pp.we_t, t_val, 0)))
-        pp.upd_t, pp.upd_x = delay(m, pp.we_t, 1 + lgK, "p_updt"), delay(m, pp.we_x, 1 + lgK, "p_updx")
-    else:
-        pp.upd_t = reg(m, pp.we_t, name="p10_updt")
-        pp.val_t = reg(m, abs_(t_val), unsigned(T_BITS), name="p10_valt")
-        pp.upd_x = reg(m, pp.we_x, name="p10_updx")
-        pp.val_x = reg(m, abs_(x_new), unsigned(f.resb), name="p10_valx")
     cnt = Signal(range(max(2, max(o.d_out for o in p.ops) + 1)))
     with m.If(cx.mv_start):
         m.d.sync += cnt.eq(0)
     with m.Elif(v):
         m.d.sync += cnt.eq(cnt + 1)
     m.d.comb += cx.post_all.eq(cnt == op["d_out"])
+    return t_val, x_new

@@ -1,5 +1,5 @@
-"""Serial post unit (compact cores, ``Program.compact``): the arithmetic of :mod:`.post`, one row at a
-time through a step counter, with the core's shared multiplier (:class:`~.arith.MuxedMul`, also used
+"""Serial post unit of the compact core (:mod:`.compact_core`): the arithmetic of :mod:`.post`, one row
+at a time through a step counter, with the core's shared multiplier (:class:`~.arith.MuxedMul`, also used
 by the output-scale unit before the first row) instead of four, and one register per value instead of
 a copy per pipeline stage.
 
@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 
-from .arith import const_round_shift, in_range, round_sat_finish, saturate
+from .arith import const_round_shift, delay, in_range, round_sat_finish, saturate
 from .post import flags, last_operands, pick, row_in, row_out, table_index
 from .program import SERIAL_POST_CYCLES, T_BITS
 
@@ -79,7 +79,7 @@ def build(m: Module, cx: SimpleNamespace) -> None:
         m.d.sync += cx.error.eq(1)
 
     # ------------------------------------------------------------ products (the core's shared multiplier)
-    mul = cx.muls["shared"][0]
+    mul = cx.muls["shared"]
     prod = mul.prod  # valid two steps after its operand step
     mul.load(m, 1, st == 1, r["accs"], mq)
     mul.load(m, 1, st == 2, r["fv"], r["hv"])
@@ -115,4 +115,8 @@ def build(m: Module, cx: SimpleNamespace) -> None:
        r["silu"].eq(Mux(hi, r["val"], Mux(lo, 0, cx.silu.data.as_signed()))))
 
     # ------------------------------------------------------------ writes, maxima, completion
-    row_out(m, cx, fl, st == WRITE_STEP, r, prod)
+    t_val, x_new = row_out(m, cx, fl, st == WRITE_STEP, r, prod)
+    # the values go through the vector unit's |.| register and tree (compact_core.vector_unit), 1 + lgK cycles
+    pp = cx.pp
+    m.d.comb += cx.post_raw.eq(Mux(pp.we_x, x_new, Mux(pp.we_t, t_val, 0)))
+    pp.upd_t, pp.upd_x = delay(m, pp.we_t, 1 + lgK, "p_updt"), delay(m, pp.we_x, 1 + lgK, "p_updx")

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .core import Core
+from .core import CoreBase
 from .program import Program
+from .variants import make_core
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SimResult:
                 "mismatches": len(self.mismatches)}
 
 
-async def load_boot_image(ctx, dut: Core, prog: Program) -> None:
+async def load_boot_image(ctx, dut: CoreBase, prog: Program) -> None:
     """Testbench step: feed a compact core its boot image (:mod:`.boot`), one word per cycle."""
     from .boot import boot_layout
 
@@ -58,7 +59,7 @@ async def load_boot_image(ctx, dut: Core, prog: Program) -> None:
         raise RuntimeError("compact core not booted after its boot image")
 
 
-def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = None) -> SimResult:
+def simulate(prog: Program, prompt: list[int], n_new: int, core: CoreBase | None = None) -> SimResult:
     """Run ``len(prompt) + n_new - 1`` token steps: the prompt, then greedy feedback.
 
     Returns a :class:`SimResult` with ``len(prompt) + n_new - 1`` steps (the last generated token
@@ -68,7 +69,7 @@ def simulate(prog: Program, prompt: list[int], n_new: int, core: Core | None = N
 
     if not prompt:
         raise ValueError("simulate needs a prompt of at least one token")
-    dut = core if core is not None else Core(prog)
+    dut = core if core is not None else make_core(prog)
     V = prog.vocab
     steps = len(prompt) + max(0, n_new - 1)
     out: dict[str, list] = {"inputs": [], "logits": [], "tokens": [], "cycles": [], "accept": []}

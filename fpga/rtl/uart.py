@@ -1,4 +1,4 @@
-"""UART wrapper for a real board: 8N1 serial in and out around the :class:`~.core.Core`.
+"""UART wrapper for a real board: 8N1 serial in and out around the accelerator core (:func:`~.variants.make_core`).
 
 Protocol (host -> chip): one command byte, then the input token as ``tok_bytes`` bytes
 (little-endian). Command bits: ``0x01`` also return the logits, ``0x02`` clear the recurrent
@@ -19,9 +19,10 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .banks import read_data
-from .core import Core
 from .host import CMD_CLEAR, Protocol
+from .primitives import Primitives
 from .program import Program
+from .variants import make_core
 
 
 class UartRx(wiring.Component):
@@ -86,8 +87,8 @@ class UartTx(wiring.Component):
 class UartCore(wiring.Component):
     """The core behind the serial protocol of the module docstring (one clock domain)."""
 
-    def __init__(self, prog: Program, divisor: int, dsp: str | None = None) -> None:
-        self.prog, self.divisor, self.dsp = prog, divisor, dsp
+    def __init__(self, prog: Program, divisor: int, prims: Primitives | None = None) -> None:
+        self.prog, self.divisor, self.prims = prog, divisor, prims
         proto = Protocol.of(prog)
         self.tok_bytes, self.logit_bytes = proto.tok_bytes, proto.logit_bytes
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "led": Out(1)})
@@ -95,7 +96,7 @@ class UartCore(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         p = self.prog
-        m.submodules.core = core = Core(p, self.dsp)
+        m.submodules.core = core = make_core(p, self.prims)
         m.submodules.urx = urx = UartRx(self.divisor)
         m.submodules.utx = utx = UartTx(self.divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.led.eq(core.busy)]
@@ -177,8 +178,8 @@ class BoardTop(Elaboratable):
     blackbox's (input, output, locked) ports; ``None`` clocks the design from ``clk_in`` directly."""
 
     def __init__(self, prog: Program, divisor: int, pll_ports: tuple[str, str, str] | None,
-                 dsp: str | None = None) -> None:
-        self.prog, self.divisor, self.pll_ports, self.dsp = prog, divisor, pll_ports, dsp
+                 prims: Primitives | None = None) -> None:
+        self.prog, self.divisor, self.pll_ports, self.prims = prog, divisor, pll_ports, prims
         self.clk_in = Signal(name="clk_in")
         self.rx = Signal(name="rx", init=1)
         self.tx = Signal(name="tx", init=1)
@@ -195,7 +196,7 @@ class BoardTop(Elaboratable):
             m.d.comb += ResetSignal("sync").eq(~locked)
         else:
             m.d.comb += [ClockSignal("sync").eq(self.clk_in), ResetSignal("sync").eq(0)]
-        m.submodules.uart = u = UartCore(self.prog, self.divisor, self.dsp)
+        m.submodules.uart = u = UartCore(self.prog, self.divisor, self.prims)
         m.d.comb += [u.rx.eq(self.rx), self.tx.eq(u.tx), self.led.eq(u.led)]
         return m
 
