@@ -360,3 +360,25 @@ def test_fpga_export_of_a_converted_checkpoint(converted, tmp_path):
     pytest.importorskip("numpy")
     rc = main(["export", str(converted["lb"]), str(tmp_path / "hls"), "--target", "vitis", "--tb-tokens", "4"])
     assert rc == 0 and (tmp_path / "hls").is_dir()
+
+
+@pytest.mark.parametrize("target", ["ecp5", "ice40"])
+def test_rtl_export_names_the_memory_limit_for_a_370m_model(tmp_path, capsys, target):
+    """The RTL targets refuse a model that cannot fit before any conversion work (config only)."""
+    pytest.importorskip("amaranth")
+    from matmulfree.config import preset
+
+    ckpt = tmp_path / "m370"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(preset("370m").to_dict()))
+    assert main(["export", str(ckpt), str(tmp_path / "out"), "--target", target]) == 2
+    err = capsys.readouterr().err
+    assert "on-chip memory" in err and "vocab=32000" in err and "block RAMs" in err
+
+
+def test_generate_refuses_a_vocabulary_larger_than_the_tokenizer(tmp_path, capsys):
+    src = _release_with(tmp_path, {"vocab_size": 300}, lambda s: s.update(
+        {"model.embeddings.weight": torch.randn(300, 32), "lm_head.weight": torch.randn(300, 32)}))
+    convert_hgrn_bit(src, tmp_path / "out")
+    assert main(["generate", str(tmp_path / "out"), "--max-new-tokens", "2"]) == 2
+    assert "exceeds its tokenizer" in capsys.readouterr().err

@@ -160,6 +160,29 @@ def run_sim(P: dict[str, Any], prog, tokens: int, prompt: str = DEFAULT_PROMPT) 
     return info
 
 
+def _check_memory_lower_bound(checkpoint: str, target: str, device: str, compact: bool, error) -> None:
+    """Refuse, before any conversion work, a model whose ternary weights (2 bits each) and 8-bit
+    embedding alone exceed the device's on-chip memory; the message names both sizes."""
+    from matmulfree.checkpoint import load_config
+
+    from .build import BRAM_BITS, DEVICES
+
+    cfg = load_config(checkpoint)
+    cap = DEVICES.get((target, device))
+    if cap is None or cfg.architecture != "matmulfree":
+        return  # unknown devices and architectures are reported by the later checks
+    d, l, V, L = cfg.d_model, cfg.intermediate_size, cfg.vocab_size, cfg.n_layers
+    need = 2 * (L * (4 * d * d + 3 * l * d) + V * d) + 8 * V * d
+    have = cap["bram"] * BRAM_BITS[target] + (cap.get("spram", 0) * 262144 if compact else 0)
+    if need > have:
+        parts = f"{cap['bram']} block RAMs x {BRAM_BITS[target]}"
+        if compact and cap.get("spram"):
+            parts += f" + {cap['spram']} SPRAMs x 262,144"
+        raise error(f"{checkpoint}: the model needs at least {need:,} bits of on-chip memory (ternary weights at "
+                    f"2 bits + 8-bit embedding; d={d}, layers={L}, vocab={V}) but {target} {device} has {have:,} "
+                    f"bits ({parts})")
+
+
 def run_export(args: argparse.Namespace) -> int:
     """``matmulfree export ... --target ecp5|ice40``."""
     from ..convert import export_params
@@ -171,6 +194,7 @@ def run_export(args: argparse.Namespace) -> int:
     target = args.target
     d = TARGET_DEFAULTS[target]
     t0 = time.perf_counter()
+    _check_memory_lower_bound(args.checkpoint, target, args.device or d["device"], d["compact"], CLIError)
     P, _ = load_params(args.checkpoint, getattr(args, "calib_text", None))
     lanes = args.lanes or d["lanes"]
     prog = _program(P, lanes, args.inputs, compact=d["compact"])
