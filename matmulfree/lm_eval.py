@@ -142,7 +142,7 @@ class MatmulfreeEvalLM(TemplateLM):
             prompts = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] or [self.prefix_token_id]
                        for i in members]
 
-            def should_stop(row: int, tokens: list[int]) -> bool:
+            def should_stop(row: int, tokens: list[int], until: list[str] = until) -> bool:
                 if self.tokenizer.eos_id is not None and tokens[-1] == self.tokenizer.eos_id:
                     return True
                 text = self.tok_decode(tokens)

@@ -79,7 +79,7 @@ CONFIG_CLASSES_HF: dict[str, type[MatmulfreeHFConfig]] = {}
 
 
 def ensure_config_classes() -> dict[str, type[MatmulfreeHFConfig]]:
-    """Make a config class for every architecture of :data:`matmulfree.config.CONFIG_CLASSES` that has
+    """Make a config class for every architecture of ``matmulfree.config.CONFIG_CLASSES`` that has
     none yet (architectures added later are picked up by calling this again)."""
     for arch, our_cls in CONFIG_CLASSES.items():
         if arch not in CONFIG_CLASSES_HF:
