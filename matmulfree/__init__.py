@@ -8,8 +8,8 @@ Quick start::
 """
 
 from .checkpoint import CheckpointError, load_config, load_model, save_model
-from .config import ConfigError, MatMulFreeConfig, TransformerConfig, config_from_dict, preset
-from .models import LanguageModel, MatMulFreeLM, ModelOutput, TransformerLM, build_model
+from .config import ConfigError, MatMulFreeConfig, RWKVConfig, TransformerConfig, config_from_dict, preset
+from .models import RWKVLM, LanguageModel, MatMulFreeLM, ModelOutput, TransformerLM, build_model
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,8 @@ __all__ = [
     "MatMulFreeConfig",
     "MatMulFreeLM",
     "ModelOutput",
+    "RWKVConfig",
+    "RWKVLM",
     "TransformerConfig",
     "TransformerLM",
     "build_model",
