@@ -104,13 +104,17 @@ static void rms_norm_row(const float *src, const float *gain, int64_t n, float e
     for (int64_t i = 0; i < n; i++) dst[i] = (src[i] * r) * gain[i];
 }
 
-/* BitLinear input of row `row` for lin: its RMSNorm + int8 quantization into slot `slot` */
-static void quantize_for(mmf_engine *e, const mmf_lin *lin, const float *v, int slot, int64_t row) {
+/* BitLinear input of row `row` for lin: its RMSNorm (factor r of v, see rms_factor) + int8
+   quantization into slot `slot` */
+static void quantize_r(mmf_engine *e, const mmf_lin *lin, const float *v, float r, int slot, int64_t row) {
     int64_t i = slot * e->mcap + row;
-    float r = rms_factor(v, lin->K, lin->eps);
     e->sx[i] = mmf_quantize_row(v, r, lin->gain, lin->K, lin->Kp, e->model->qeps, e->model->scale_div,
                                 e->xq + i * e->kmax, e->xsum + i);
     if (e->lut) mmf_prepare(e->path, e->xq + i * e->kmax, lin->Kp, e->xp + i * e->pmax);
+}
+
+static void quantize_for(mmf_engine *e, const mmf_lin *lin, const float *v, int slot, int64_t row) {
+    quantize_r(e, lin, v, rms_factor(v, lin->K, lin->eps), slot, row);
 }
 
 /* ------------------------------------------------------------------------------ phases */
@@ -142,9 +146,10 @@ static void layer_phases(mmf_engine *e, int tid, int64_t li, mmf_counter *cnt) {
             memcpy(e->x + m * d, md->embed + e->tokens[b * e->T + e->t0 + t] * d, sizeof(float) * (size_t)d);
         }
         rms_norm_row(e->x + m * d, ly->mixer_norm, d, ly->mixer_eps, sc);
-        quantize_for(e, &ly->f, sc, 0, m);
-        quantize_for(e, &ly->c, sc, 1, m);
-        quantize_for(e, &ly->g, sc, 2, m);
+        float r = rms_factor(sc, d, ly->f.eps); /* f, c and g normalise the same row */
+        quantize_r(e, &ly->f, sc, r, 0, m);
+        quantize_r(e, &ly->c, sc, ly->c.eps == ly->f.eps ? r : rms_factor(sc, d, ly->c.eps), 1, m);
+        quantize_r(e, &ly->g, sc, ly->g.eps == ly->f.eps ? r : rms_factor(sc, d, ly->g.eps), 2, m);
     }
     mmf_barrier(e->pool);
 

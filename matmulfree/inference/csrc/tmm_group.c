@@ -17,12 +17,23 @@ float mmf_quantize_row(const float *x, float r, const float *g, int64_t K, int64
     float s = (scale_div & 1) ? 127.0f / amax : (1.0f / amax) * 127.0f;
     int away = scale_div & MMF_ROUND_HALF_AWAY;
     int32_t sum = 0;
-    for (int64_t k = 0; k < K; k++) {
-        float t = ((x[k] * r) * g[k]) * s;
-        float v = away ? roundf(t) : nearbyintf(t);
-        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
-        q[k] = (int8_t)v;
-        sum += (int32_t)q[k];
+    if (away) {  /* ties away from zero (roundf), as the released hgrn_bit kernels round */
+        for (int64_t k = 0; k < K; k++) {
+            float v = roundf(((x[k] * r) * g[k]) * s);
+            v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+            q[k] = (int8_t)v;
+            sum += (int32_t)q[k];
+        }
+    } else {
+        for (int64_t k = 0; k < K; k++) {
+            float v = ((x[k] * r) * g[k]) * s;
+            v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+            /* round half to even (as nearbyintf and torch.round) without a libm call, so the loop
+               vectorizes: exact for |v| < 2^22 in round-to-nearest; -fno-fast-math keeps the two adds */
+            v = (v + 12582912.0f) - 12582912.0f;
+            q[k] = (int8_t)v;
+            sum += (int32_t)q[k];
+        }
     }
     for (int64_t k = K; k < Kp; k++) q[k] = 0;
     *xsum = sum;
