@@ -247,11 +247,11 @@ def test_core_variants_and_primitives(tiny):
     from matmulfree.fpga.rtl.compact_core import CompactCore
     from matmulfree.fpga.rtl.lane_core import LaneCore
     from matmulfree.fpga.rtl.primitives import Primitives, for_target
-    from matmulfree.fpga.rtl.variants import make_core
+    from matmulfree.fpga.rtl.variants import core_class, make_core
 
     P, _ = tiny
     lane, compact = program.build_program(P, 2, 2), program.build_program(P, 1, 1, compact=True)
-    assert type(make_core(lane)) is LaneCore and type(make_core(compact)) is CompactCore
+    assert core_class(lane) is LaneCore and core_class(compact) is CompactCore
     with pytest.raises(program.ProgramError, match="compiled for the compact core"):
         LaneCore(compact)
     with pytest.raises(program.ProgramError, match="compiled for the lane core"):
