@@ -7,7 +7,7 @@ gradient equals that of the mean loss over the concatenated batch, whatever the 
 sizes (a ragged last micro-batch is fine) and however many tokens are padding. Only the order of
 the floating-point sums differs, so gradients agree to fp32 rounding (``tests/test_accumulate.py``).
 
-Sequences are ``(B, L + 1)`` token ids; a position holding :data:`IGNORE_INDEX` is padding: it
+Sequences are ``(B, L + 1)`` token ids; a position holding ``IGNORE_INDEX`` (-100) is padding: it
 is fed to the model as token 0 and is no target.
 """
 

@@ -14,7 +14,7 @@ tensor of ``CKPT`` whose name and shape match. Each tensor of either side ends u
   (keep the fresh initialisation, ignore the source tensor).
 
 The optimizer and the schedule start fresh (unlike ``--resume``, which continues a run exactly).
-:attr:`WarmStart.preserved` says whether the new model computes the source's function at step 0;
+``WarmStart.preserved`` says whether the new model computes the source's function at step 0;
 the trainer checks it by evaluating both models on the validation batches before the first step.
 
 ``CKPT`` is a model directory (``config.json`` + ``model.safetensors``, e.g. ``runs/X/final``), a

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from matmulfree import backend
 from matmulfree.accumulate import accumulate_gradients, count_targets, summed_token_loss
 from matmulfree.config import MatMulFreeConfig, TransformerConfig
 from matmulfree.models import build_model
@@ -29,7 +30,9 @@ def grads(model, batches) -> tuple[dict[str, torch.Tensor], float]:
     MatMulFreeConfig(vocab_size=40, d_model=32, n_layers=2, intermediate_size=64, forget_lower_bound=True),
     TransformerConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, intermediate_size=64),
 ], ids=["matmulfree", "transformer"])
-def test_micro_batches_equal_one_batch(config):
+@pytest.mark.parametrize("kernels", ["auto", "torch"])  # the fused CPU path and the plain reference
+def test_micro_batches_equal_one_batch(config, kernels, monkeypatch):
+    monkeypatch.setattr(backend, "_override", kernels)
     torch.manual_seed(0)
     model = build_model(config)
     seq = padded_batch(10, 24, config.vocab_size)
