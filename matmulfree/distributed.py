@@ -146,7 +146,7 @@ def deepspeed_config(recipe) -> dict[str, Any]:
 
 # -- the strategy the trainer talks to ----------------------------------------------------------
 class Strategy:
-    """What the trainer asks of a strategy; :meth:`for_recipe` picks the class."""
+    """What the trainer asks of a strategy; ``Strategy.for_recipe(recipe)`` picks the class."""
 
     name = "ddp"
     sharded_checkpoints = False

@@ -8,8 +8,8 @@ The estimate counts, per GPU (bytes; ``P`` parameters, ``N`` GPUs):
 * ``deepspeed`` ZeRO-2 with bf16: a replicated bf16 model ``2P``, bf16 gradients ``2P / N``, and
   fp32 masters + moments ``12P / N`` (without bf16: ``4P``, ``4P / N``, ``8P / N``);
 * activations of one micro-batch: the tensors autograd saves for backward, measured by running the
-  model's forward and loss on the ``meta`` device (no memory, no compute) at a short length and
-  scaling linearly to ``seq_len`` (the MatMul-free model is linear in length; the Transformer++
+  model's forward and loss on the ``meta`` device (no memory, no compute) at two short lengths and
+  extrapolating linearly to ``seq_len`` (the MatMul-free model is linear in length; the Transformer++
   uses fused attention, also linear in memory). The PyTorch reference path is traced; the fused
   Triton kernels save less, so this is an upper bound for them.
 
@@ -46,29 +46,37 @@ def parse_memory(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def activation_bytes(recipe: Recipe, vocab_size: int) -> tuple[int, int]:
-    """Bytes autograd saves for one micro-batch of ``recipe`` and the parameter count (meta-device trace)."""
+def _saved_bytes(model, batch: int, tokens: int) -> int:
+    """Bytes autograd saves for the forward and loss of ``(batch, tokens)`` token ids on the meta device."""
+    seen: dict[int, torch.Tensor] = {}  # holding the tensors keeps their ids unique
+
+    def pack(t: torch.Tensor):
+        seen[id(t)] = t
+        return t
+
+    ids = torch.zeros(batch, tokens + 1, dtype=torch.long, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(ids[:, :-1]).logits
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def activation_bytes(recipe: Recipe, vocab_size: int) -> tuple[int, int, int]:
+    """``(fixed, per_sequence, parameters)``: bytes autograd saves for a micro-batch of ``b`` sequences of
+    ``seq_len`` tokens are ``fixed + b · per_sequence``. Traced on the meta device at two short
+    lengths and extrapolated linearly (``fixed`` holds what does not grow with tokens, e.g. the
+    quantised weight copies)."""
     config = recipe.model_config(vocab_size)
     with torch.device("meta"):
         model = build_model(config)
     n_params = sum(p.numel() for p in model.parameters())
-    dtype = torch.bfloat16 if recipe.train.mixed_precision == "bf16" else (
-        torch.float16 if recipe.train.mixed_precision == "fp16" else torch.float32)
-    if dtype != torch.float32:
-        model.to(dtype)  # what FSDP's mixed-precision policy computes in
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        key = id(t.untyped_storage()) if t.device.type != "meta" else id(t)
-        seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
-        return t
-
-    tokens = min(TRACE_TOKENS, recipe.data.seq_len)
-    ids = torch.zeros(recipe.train.batch_size, tokens + 1, dtype=torch.long, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(ids[:, :-1]).logits
-        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-    return int(sum(seen.values()) * recipe.data.seq_len / tokens), n_params
+    if recipe.train.mixed_precision in ("bf16", "fp16"):
+        model.to(torch.bfloat16 if recipe.train.mixed_precision == "bf16" else torch.float16)
+    t1, t2 = TRACE_TOKENS // 2, TRACE_TOKENS
+    a1, a2 = _saved_bytes(model, 1, t1), _saved_bytes(model, 1, t2)
+    per_token = (a2 - a1) / (t2 - t1)
+    fixed = max(0, int(a1 - per_token * t1))
+    return fixed, int(per_token * recipe.data.seq_len), n_params
 
 
 @dataclass
@@ -83,6 +91,7 @@ class Plan:
     grads_bytes: int
     optimizer_bytes: int
     activations_bytes: int
+    activations_per_sequence: int
     overhead_bytes: int
     gpu_memory: int
     global_batch: int
@@ -92,9 +101,9 @@ class Plan:
     @property
     def max_batch_size(self) -> int:
         """The largest micro-batch whose activations still fit beside the static memory (0: none)."""
-        static = self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.overhead_bytes
-        per_sequence = self.activations_bytes / self.batch_size
-        return max(0, int((self.gpu_memory - static) // per_sequence))
+        fixed = self.activations_bytes - self.batch_size * self.activations_per_sequence
+        static = self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.overhead_bytes + fixed
+        return max(0, int((self.gpu_memory - static) // max(1, self.activations_per_sequence)))
 
     @property
     def total_bytes(self) -> int:
@@ -119,9 +128,12 @@ class Plan:
             f"  largest micro-batch that fits: {self.max_batch_size} sequences (recipe: {self.batch_size})",
         ]
         if not self.fits:
+            advice = (f"set train.batch_size <= {self.max_batch_size} and raise train.grad_accum to keep the global "
+                      "batch" if self.max_batch_size else "even one sequence per micro-batch does not fit")
+            if self.strategy != "fsdp":
+                advice += "; distributed.strategy fsdp shards weights, gradients and optimizer state"
             out.append(f"  WARNING: does not fit: {self.total_bytes / GIB:.1f} GiB > {self.gpu_memory / GIB:.0f} GiB; "
-                       f"set train.batch_size <= {self.max_batch_size} and raise train.grad_accum to keep the "
-                       "global batch, use more GPUs or distributed.strategy fsdp")
+                       f"{advice}; or use more GPUs / GPUs with more memory")
         return out
 
 
@@ -130,7 +142,7 @@ def plan(recipe: Recipe, gpus: int, gpu_memory: int, strategy: str | None = None
     if gpus < 1:
         raise ValueError(f"--gpus {gpus}: must be at least 1")
     strategy = strategy or recipe.distributed.strategy
-    acts, P = activation_bytes(recipe, vocab_size)
+    fixed, per_sequence, P = activation_bytes(recipe, vocab_size)
     t = recipe.train
     if strategy == "fsdp":
         config = recipe.model_config(vocab_size)
@@ -149,5 +161,6 @@ def plan(recipe: Recipe, gpus: int, gpu_memory: int, strategy: str | None = None
     else:
         params, grads, optim = 4 * P, 4 * P, 8 * P
     global_batch = t.batch_size * t.grad_accum * gpus
-    return Plan(recipe.name, strategy, gpus, P, params, grads, optim, acts, OVERHEAD_BYTES, gpu_memory,
+    acts = fixed + t.batch_size * per_sequence
+    return Plan(recipe.name, strategy, gpus, P, params, grads, optim, acts, per_sequence, OVERHEAD_BYTES, gpu_memory,
                 global_batch, global_batch * recipe.data.seq_len, t.batch_size)
