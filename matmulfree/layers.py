@@ -87,6 +87,12 @@ class BitLinear(nn.Module):
             return unpack_ternary(self.weight_packed, self.in_features), self.weight_scale
         return ternary_quantize(self.weight)
 
+    def _fused_cpu_train(self) -> bool:
+        """Whether :func:`~matmulfree.cpu_train.bitlinear_train` computes this layer: a latent weight
+        being trained, the inner RMSNorm, int8 activations rounded half to even."""
+        return (not self.packed and self.weight.requires_grad and self.norm is not None
+                and self.quantize_activations and self.rounding == "half_even")
+
     # -- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)``."""
@@ -94,7 +100,7 @@ class BitLinear(nn.Module):
             from matmulfree.triton_kernels import bitlinear_dispatch
 
             return bitlinear_dispatch(self, x)
-        if not self.packed and self.weight.requires_grad and _cpu_train(x):
+        if self._fused_cpu_train() and _cpu_train(x):
             return bitlinear_train(x, self.norm.weight, self.weight, self.norm.eps)
         return self.forward_reference(x)
 

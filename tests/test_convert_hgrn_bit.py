@@ -282,16 +282,18 @@ def test_c_kernel_honours_half_away_rounding():
     assert float(s_x) == 254.0 and ((x * s_x)[0, 1:] % 1 == 0.5).all()
     torch.manual_seed(0)
     w_q = torch.randint(-1, 2, (N, K), dtype=torch.int8)
-    tiles, gain = ckernel.pack_tiles(w_q), torch.ones(K)
-    lins = (ckernel.Lin * 1)(lin_struct(tiles, gain, 2.0, 1e-6, N, K))
-    results = {}
-    for rounding in ("half_even", "half_away"):
-        got = kernel.group_forward(lins, x, torch.ones(1), N, rounding=rounding)[0]
-        q = torch.clamp(round_activation(x * s_x, rounding), -128, 127)
-        want = torch.nn.functional.linear(q, w_q.float()) / (s_x * 2.0)
-        assert torch.equal(got, want), rounding
-        results[rounding] = got
-    assert not torch.equal(results["half_even"], results["half_away"])
+    gain = torch.ones(K)
+    for path in kernel.supported_paths():  # every dispatch path, each with its own weight layout
+        tiles = ckernel.pack_tiles(w_q, kernel.lut_layout(path))
+        lins = (ckernel.Lin * 1)(lin_struct(tiles, gain, 2.0, 1e-6, N, K))
+        results = {}
+        for rounding in ("half_even", "half_away"):
+            got = kernel.group_forward(lins, x, torch.ones(1), N, path=path, rounding=rounding)[0]
+            q = torch.clamp(round_activation(x * s_x, rounding), -128, 127)
+            want = torch.nn.functional.linear(q, w_q.float()) / (s_x * 2.0)
+            assert torch.equal(got, want), (path, rounding)
+            results[rounding] = got
+        assert not torch.equal(results["half_even"], results["half_away"]), path
 
 
 # -- downstream: every tool takes a converted checkpoint ---------------------------------------

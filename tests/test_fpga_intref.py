@@ -31,6 +31,20 @@ def _text_ids(n: int, seed: int) -> np.ndarray:
 
 
 def _train(cfg, steps: int = 60, seed: int = 0):
+    # The thresholds below were set on the model that the PyTorch reference path trains; the fused CPU
+    # training path computes the same gradients to fp32 rounding but, over 60 steps, reaches another
+    # model (loss 1.28 vs 1.31 nats/byte) on which greedy agreement is lower (0.82 teacher-forced).
+    # Train on the reference path so the fixture stays the model the thresholds describe.
+    from matmulfree import backend
+
+    backend.set_kernel_backend("torch")
+    try:
+        return _train_loop(cfg, steps, seed)
+    finally:
+        backend.set_kernel_backend(None)
+
+
+def _train_loop(cfg, steps: int, seed: int):
     torch.manual_seed(seed)
     model = matmulfree.build_model(cfg)
     data = _text_ids(20000, seed)
