@@ -33,6 +33,21 @@ def fsdp_recipe(corpus: Path, **train_keys) -> dict:  # noqa: F811
                        checkpoint={"every": 5, "keep": 3}, distributed={"strategy": "fsdp"})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reference_kernels():
+    """Every process of this file trains on the plain PyTorch path (``MATMULFREE_KERNELS=torch``):
+    its integer-valued products make a sequence's loss independent of how the batch is split over
+    processes, so one- and two-process runs can be compared at 1e-4. The fused CPU training path
+    (:mod:`matmulfree.cpu_train`) agrees to fp32 rounding, which ternary rounding amplifies over steps."""
+    before = os.environ.get("MATMULFREE_KERNELS")
+    os.environ["MATMULFREE_KERNELS"] = "torch"
+    yield
+    if before is None:
+        del os.environ["MATMULFREE_KERNELS"]
+    else:
+        os.environ["MATMULFREE_KERNELS"] = before
+
+
 def torchrun(args: list[str], port: int, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
