@@ -229,7 +229,7 @@ def main() -> None:
             "seq_len": SEQ_LEN, "batch": BATCH, "corpus": "shakespeare bytes (train / held-out plays)",
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(), "torch": torch.__version__,
-            "note": "shared 2-core machine (other jobs running): speeds are noisy; losses after a short budget"}
+            "note": "2-core machine; speeds depend on what else runs (see load_average); losses after a short budget"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -3,8 +3,9 @@
 1. Probes the step time of both models (``--probe`` optimizer steps each, alternating, on the
    recipes' batch shape; process CPU time, which other jobs disturb less than wall time).
 2. Gives each recipe ``steps = budget / step time`` (warm-up scaled with it), so both spend the
-   same budget; ``--budget-s 0`` keeps the recipes' own step counts (the shipped pair is sized for
-   the 2-core machine: 1200 vs 1700 steps).
+   same budget; ``--budget-from-ternary`` sets the budget to the ternary recipe's own step count
+   times its probed step time (the shipped comparison: the ternary recipe runs exactly as shipped,
+   the twin for the same CPU time); ``--budget-s 0`` keeps both recipes' own step counts.
 3. Trains both (one after the other, same corpus and validation split) and prints both final
    validation losses (nats/byte), their ratio and the measured wall times; writes both validation
    curves against elapsed time into one plot.
@@ -12,7 +13,7 @@
 JSON to ``bench/results/equal_budget.json``, plot to ``docs/img/equal_budget.png``. The machine is
 shared with other jobs: wall times are noisy, say so beside any figure. Example::
 
-    OMP_NUM_THREADS=2 nice -n 10 python bench/equal_budget.py --budget-s 0
+    OMP_NUM_THREADS=1 python bench/equal_budget.py --budget-from-ternary --probe 20
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main() -> None:
     p.add_argument("--ternary", default="shakespeare-tiny")
     p.add_argument("--twin", default="shakespeare-tiny-transformer")
     p.add_argument("--budget-s", type=float, default=0.0, help="CPU seconds of training per model (0: recipes' steps)")
+    p.add_argument("--budget-from-ternary", action="store_true",
+                   help="budget = the ternary recipe's own steps x its probed step time (the shipped comparison)")
     p.add_argument("--probe", type=int, default=10, help="probe steps per model")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override both recipes")
     p.add_argument("--out", default=str(ROOT / "bench/results/equal_budget.json"))
@@ -74,6 +77,8 @@ def main() -> None:
     args = p.parse_args()
     names = [args.ternary, args.twin]
     step_s = probe_step_s(names, args.overrides, args.probe)
+    if args.budget_from_ternary:
+        args.budget_s = load_recipe(args.ternary, args.overrides).train.steps * step_s[args.ternary]
     runs = {}
     with tempfile.TemporaryDirectory(prefix="equal-budget-") as tmp:
         for name in names:
@@ -81,7 +86,7 @@ def main() -> None:
             base = load_recipe(name, extra)
             steps = base.train.steps
             if args.budget_s > 0:
-                steps = max(10, int(args.budget_s / step_s[name]))
+                steps = max(10, round(args.budget_s / step_s[name]))
                 warmup = min(steps - 1, round(base.train.warmup_steps * steps / base.train.steps))
                 every = max(1, steps // 6)
                 extra += [f"train.steps={steps}", f"train.warmup_steps={warmup}", f"eval.every={every}",
