@@ -145,6 +145,21 @@ def deepspeed_config(recipe) -> dict[str, Any]:
     }
 
 
+def single_process_group_env() -> None:
+    """Describe a world of one process in the environment, as ``torchrun --nproc_per_node 1`` would.
+
+    Started without a launcher, accelerate selects DeepSpeed but forms no process group, and its
+    first barrier fails; with these variables it takes the same path as a launched run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
 # -- the strategy the trainer talks to ----------------------------------------------------------
 class Strategy:
     """What the trainer asks of a strategy; ``Strategy.for_recipe(recipe)`` picks the class."""
@@ -262,6 +277,8 @@ class DeepSpeedStrategy(Strategy):
         except ImportError:
             raise StrategyError('distributed.strategy=deepspeed needs DeepSpeed: pip install "matmulfree[deepspeed]"') \
                 from None
+        if int(os.environ.get("LOCAL_RANK", -1)) == -1:
+            single_process_group_env()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(self.recipe))
         kwargs: dict[str, Any] = {"mixed_precision": self.recipe.train.mixed_precision, "deepspeed_plugin": plugin}
         if not torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", -1)) != -1:

@@ -244,6 +244,10 @@ def test_zero2_matches_single_process(zero2_runs, single):
     assert state["strategy"] == "deepspeed" and state["processes"] == 2 and state["global_batch"] == 4
     parts = sorted(p.name for p in (ckpt / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))
     assert parts == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # one engine step per optimizer step (not one per micro-batch): DeepSpeed's own counter
+    engine = torch.load(zero2_runs["zero2"] / "checkpoints/step-00000005/pytorch_model/mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)  # DeepSpeed's own (pickled) format
+    assert (engine["global_steps"], engine["global_samples"], engine["skipped_steps"]) == (5, 20, 0)
 
 
 @needs_deepspeed
@@ -271,3 +275,30 @@ def test_zero2_consolidated_checkpoint_equals_gathered_model(zero2_runs, single,
     for name, w in merged.items():
         assert torch.equal(w, gathered[name]), name
         torch.testing.assert_close(w, ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_deepspeed
+@pytest.mark.slow
+def test_zero2_bf16_single_process_without_launcher(corpus, single, tmp_path):  # noqa: F811
+    """``matmulfree train`` of a bf16 ZeRO-2 recipe in one process with no launcher: DeepSpeed computes
+    with bf16 weights (so the losses differ from fp32 by bf16 rounding, not by a factor), and the final
+    model holds the fp32 master weights, equal to the consolidated checkpoint and finer than bf16."""
+    from matmulfree.cli import main
+
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(zero2_recipe(corpus, steps=3, batch_size=2, mixed_precision="bf16")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "matmulfree.cli", "train", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    bf16, ref = logged_rows(tmp_path / "run"), logged_rows(single.out)
+    assert sorted(bf16) == [1, 2, 3]
+    for step in bf16:
+        assert bf16[step]["loss"] == pytest.approx(ref[step]["loss"], rel=2e-2), step
+    assert any(bf16[s]["loss"] != ref[s]["loss"] for s in bf16), "bf16 compute should round differently"
+    assert main(["checkpoint", "consolidate", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    merged, final = load_model(tmp_path / "merged").state_dict(), load_model(tmp_path / "run/final").state_dict()
+    for name, w in final.items():
+        assert w.dtype == torch.float32 and torch.equal(w, merged[name]), name
+    assert any(not torch.equal(w, w.bfloat16().float()) for w in final.values()), "masters should be finer than bf16"
