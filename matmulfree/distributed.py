@@ -16,6 +16,9 @@ launch``, ``torchrun``, SLURM) only starts the processes. Every strategy uses an
   ``matmulfree checkpoint consolidate`` joins the shards into one ``model.safetensors``.
 * ``deepspeed`` — accelerate's DeepSpeed plugin with the ZeRO config of :func:`deepspeed_config`
   (stage, bucket sizes, gradient accumulation, clipping and precision carried over from the recipe).
+  The engine reduces, clips and steps the optimizer once per optimizer step (at the last
+  micro-batch); the trainer keeps the LR schedule. Checkpoints are DeepSpeed's ``pytorch_model/``
+  folder (one ZeRO optimizer partition per rank); the final model holds the gathered fp32 masters.
 """
 
 from __future__ import annotations
