@@ -16,11 +16,15 @@ launch``, ``torchrun``, SLURM) only starts the processes. Every strategy uses an
   ``matmulfree checkpoint consolidate`` joins the shards into one ``model.safetensors``.
 * ``deepspeed`` — accelerate's DeepSpeed plugin with the ZeRO config of :func:`deepspeed_config`
   (stage, bucket sizes, gradient accumulation, clipping and precision carried over from the recipe).
+  The engine reduces, clips and steps the optimizer once per optimizer step (at the last
+  micro-batch); the trainer keeps the LR schedule. Checkpoints are DeepSpeed's ``pytorch_model/``
+  folder (one ZeRO optimizer partition per rank); the final model holds the gathered fp32 masters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +148,21 @@ def deepspeed_config(recipe) -> dict[str, Any]:
     }
 
 
+def single_process_group_env() -> None:
+    """Describe a world of one process in the environment, as ``torchrun --nproc_per_node 1`` would.
+
+    Started without a launcher, accelerate selects DeepSpeed but forms no process group, and its
+    first barrier fails; with these variables it takes the same path as a launched run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
 # -- the strategy the trainer talks to ----------------------------------------------------------
 class Strategy:
     """What the trainer asks of a strategy; ``Strategy.for_recipe(recipe)`` picks the class."""
@@ -261,8 +280,19 @@ class DeepSpeedStrategy(Strategy):
         except ImportError:
             raise StrategyError('distributed.strategy=deepspeed needs DeepSpeed: pip install "matmulfree[deepspeed]"') \
                 from None
+        if int(os.environ.get("LOCAL_RANK", -1)) == -1:
+            single_process_group_env()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(self.recipe))
-        return {"mixed_precision": self.recipe.train.mixed_precision, "deepspeed_plugin": plugin}
+        kwargs: dict[str, Any] = {"mixed_precision": self.recipe.train.mixed_precision, "deepspeed_plugin": plugin}
+        if not torch.cuda.is_available() and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            # Several CPU processes: accelerate 1.16 knows no default process-group backend for the CPU
+            # device type, and ``cpu=True`` would switch DeepSpeed off. Without a backend it reports one
+            # process of index 0 on every rank: every rank reads the same batch, believes it is the main
+            # process (racing in checkpoint folders) and sums the loss over a world it thinks has one rank.
+            from accelerate.utils import InitProcessGroupKwargs
+
+            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        return kwargs
 
     def check(self, acc) -> None:
         if "DEEPSPEED" not in str(acc.distributed_type):
@@ -272,16 +302,36 @@ class DeepSpeedStrategy(Strategy):
         # DeepSpeed divides the loss by gradient_accumulation_steps and averages over ranks.
         return float(acc.num_processes * self.recipe.train.grad_accum)
 
+    @contextlib.contextmanager
+    def _boundary(self, acc, last_micro_batch: bool) -> Iterator[None]:
+        acc.sync_gradients = last_micro_batch
+        try:
+            yield
+        finally:
+            acc.sync_gradients = True
+
     def no_sync(self, acc, model, last_micro_batch):
-        return contextlib.nullcontext()  # the engine knows the accumulation boundary from its config
+        # accelerate's ``backward`` marks every micro-batch whose ``sync_gradients`` is set as the
+        # engine's accumulation boundary and then calls ``engine.step()`` (reduction, clipping,
+        # optimizer step, zero_grad): only the last micro-batch of a step may be one.
+        return self._boundary(acc, last_micro_batch)
 
     def full_model(self, acc, model):
-        state = acc.get_state_dict(model)  # gathers ZeRO partitions; collective
+        """The fp32 master weights, gathered from every rank's ZeRO partition (collective); with bf16
+        the module itself holds only bf16 copies, so this is what ``final/`` and consolidation agree on."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        module = acc.unwrap_model(model)
+        state = {}
+        for name, p in module.named_parameters():
+            master = safe_get_full_fp32_param(p)  # every rank takes part in the same order
+            state[name] = (master if master is not None else p.detach()).float().cpu()
         if not acc.is_main_process:
             return None
         from .models import build_model
 
-        unwrapped = acc.unwrap_model(model)
-        full = build_model(unwrapped.config)
-        full.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        for name, buf in module.state_dict().items():
+            state.setdefault(name, buf.detach().cpu())
+        full = build_model(module.config)
+        full.load_state_dict(state, strict=True)
         return full.to(acc.device)

@@ -318,6 +318,7 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
         self.strategy.save(self.acc, self.model, self.optimizer, tmp)
+        self.acc.wait_for_everyone()  # every rank wrote its files (RNG state, ZeRO partition) before the rename
         if self.acc.is_main_process:
             state = {"step": self.step, "samples_seen": self.step * self.global_batch,
                      "global_batch": self.global_batch, "processes": self.processes,
