@@ -7,7 +7,10 @@ Each variant is the recipe plus a few overrides (learning rate, schedule and its
 weight decay, warm-up, initialisation, sequence length at equal tokens per step, width/depth at
 equal parameters). A variant's step time is probed first (``--probe`` steps, process CPU time);
 it then trains for ``budget / step time`` optimizer steps, with warm-up and evaluation spacing
-scaled to that step count, on the recipe's corpus and validation split. The table gives each
+scaled to that step count, on the recipe's corpus and validation split. Only the variants that
+change the shape (width, depth, sequence length, batch) change the step time, so the others reuse
+the baseline's probe and train for exactly the baseline's step count: their comparison is not
+blurred by probe noise. The table gives each
 variant's final validation loss (nats/byte), its change against the baseline, steps, CPU seconds
 per step and parameters; the JSON keeps every variant's overrides and validation curve.
 
@@ -72,9 +75,16 @@ def split(overrides: list[str]) -> tuple[list[str], float]:
     return plain, warmup
 
 
-def run_variant(recipe: str, name: str, overrides: list[str], budget_s: float, probe: int, tmp: Path) -> dict:
+#: Overrides that change the cost of a step (and so are probed on their own).
+SHAPE_KEYS = ("model.d_model=", "model.n_layers=", "model.intermediate_size=", "data.seq_len=", "train.batch_size=")
+
+
+def changes_shape(overrides: list[str]) -> bool:
+    return any(o.startswith(SHAPE_KEYS) for o in overrides)
+
+
+def run_variant(recipe: str, name: str, overrides: list[str], budget_s: float, step_s: float, tmp: Path) -> dict:
     plain, warmup_factor = split(overrides)
-    step_s = probe_step_s([recipe], plain, probe)[recipe]
     base = load_recipe(recipe, plain)
     steps = max(10, int(budget_s / step_s))
     warmup = min(steps - 1, max(1, round(base.train.warmup_steps * warmup_factor * steps / base.train.steps)))
@@ -95,7 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="shakespeare-tiny")
     p.add_argument("--budget-s", type=float, default=75.0, help="CPU seconds of training per variant")
-    p.add_argument("--probe", type=int, default=4, help="probe steps per variant")
+    p.add_argument("--probe", type=int, default=8, help="probe steps (the baseline's and each shape variant's)")
     p.add_argument("--only", nargs="+", default=None, help="run only these variants (names as in the table)")
     p.add_argument("--out", default=str(ROOT / "bench/results/tune_sweep.json"))
     args = p.parse_args()
@@ -104,9 +114,14 @@ def main() -> None:
     if unknown:
         sys.exit(f"tune_sweep: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     runs: dict[str, dict] = {}
+    base_step_s = probe_step_s([args.recipe], [], args.probe)[args.recipe]
     with tempfile.TemporaryDirectory(prefix="tune-sweep-") as tmp:
         for name in names:
-            runs[name] = run_variant(args.recipe, name, VARIANTS[name], args.budget_s, args.probe, Path(tmp))
+            plain = split(VARIANTS[name])[0]
+            step_s = base_step_s
+            if changes_shape(plain):
+                step_s = probe_step_s([args.recipe], plain, args.probe)[args.recipe]
+            runs[name] = run_variant(args.recipe, name, VARIANTS[name], args.budget_s, step_s, Path(tmp))
             r = runs[name]
             print(f"{name:<24} val {r['val_loss']:.4f}  steps {r['steps']:>4}  "
                   f"{r['probe_step_cpu_s'] * 1e3:.0f} ms/step", flush=True)
@@ -117,7 +132,7 @@ def main() -> None:
               "note": "2-core CPU; step times by process CPU time; one seed per variant"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"\n| variant | val nats/byte | vs baseline | steps | CPU ms/step | parameters |\n|---|---|---|---|---|---|")
+    print("\n| variant | val nats/byte | vs baseline | steps | CPU ms/step | parameters |\n|---|---|---|---|---|---|")
     for name, r in sorted(runs.items(), key=lambda kv: kv[1]["val_loss"]):
         delta = f"{(r['val_loss'] / base - 1) * 100:+.1f} %" if base else "-"
         print(f"| {name} | {r['val_loss']:.4f} | {delta} | {r['steps']} | {r['probe_step_cpu_s'] * 1e3:.0f} | "
