@@ -51,6 +51,15 @@ def probe_step_s(names: list[str], overrides: list[str], steps: int) -> dict[str
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def rescaled(base, steps: int, warmup_factor: float = 1.0, evals: int = 6) -> list[str]:
+    """Overrides that run recipe ``base`` for ``steps`` optimizer steps: its warm-up scaled with the
+    step count (times ``warmup_factor``), ``evals`` evaluations, one checkpoint and one sample at the end."""
+    warmup = min(steps - 1, round(base.train.warmup_steps * warmup_factor * steps / base.train.steps))
+    every = max(1, steps // evals)
+    return [f"train.steps={steps}", f"train.warmup_steps={warmup}", f"eval.every={every}",
+            f"checkpoint.every={steps}", f"sample.every={steps}"]
+
+
 def curve(out: Path) -> list[tuple[float, float]]:
     """(elapsed s, val loss) of a run's log.csv (the elapsed time of the preceding train row)."""
     pts, elapsed = [], 0.0
@@ -87,10 +96,7 @@ def main() -> None:
             steps = base.train.steps
             if args.budget_s > 0:
                 steps = max(10, round(args.budget_s / step_s[name]))
-                warmup = min(steps - 1, round(base.train.warmup_steps * steps / base.train.steps))
-                every = max(1, steps // 6)
-                extra += [f"train.steps={steps}", f"train.warmup_steps={warmup}", f"eval.every={every}",
-                          f"checkpoint.every={steps}", f"sample.every={steps}"]
+                extra += rescaled(base, steps)
             recipe = load_recipe(name, extra)
             out = Path(tmp) / name
             result = train(recipe, out)

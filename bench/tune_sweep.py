@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from equal_budget import curve, probe_step_s  # noqa: E402
+from equal_budget import curve, probe_step_s, rescaled  # noqa: E402
 
 from matmulfree.models import build_model  # noqa: E402
 from matmulfree.recipe import load_recipe  # noqa: E402
@@ -85,18 +85,15 @@ def changes_shape(overrides: list[str]) -> bool:
 
 def run_variant(recipe: str, name: str, overrides: list[str], budget_s: float, step_s: float, tmp: Path) -> dict:
     plain, warmup_factor = split(overrides)
-    base = load_recipe(recipe, plain)
     steps = max(10, int(budget_s / step_s))
-    warmup = min(steps - 1, max(1, round(base.train.warmup_steps * warmup_factor * steps / base.train.steps)))
-    every = max(1, steps // 5)
-    extra = plain + [f"train.steps={steps}", f"train.warmup_steps={warmup}", f"eval.every={every}",
-                     f"checkpoint.every={steps}", f"sample.every={steps}", "log.progress=false"]
-    final = load_recipe(recipe, extra)
+    final = load_recipe(recipe, plain + rescaled(load_recipe(recipe, plain), steps, warmup_factor, evals=5)
+                        + ["log.progress=false"])
     params = sum(p.numel() for p in build_model(final.model_config(256)).parameters())
     out = tmp / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     t0 = time.process_time()
     result = train(final, out)
-    return {"overrides": overrides, "steps": steps, "warmup_steps": warmup, "probe_step_cpu_s": step_s,
+    return {"overrides": overrides, "steps": steps, "warmup_steps": final.train.warmup_steps,
+            "probe_step_cpu_s": step_s,
             "train_cpu_s": time.process_time() - t0, "params": params, "val_loss": result.val_loss,
             "curve": curve(out)}
 

@@ -163,6 +163,15 @@ def single_process_group_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def rebuilt_model(config, state: dict[str, torch.Tensor], device) -> nn.Module:
+    """A plain (unwrapped) model of ``config`` holding the full ``state``, on ``device``."""
+    from .models import build_model
+
+    full = build_model(config)
+    full.load_state_dict(state, strict=True)
+    return full.to(device)
+
+
 # -- the strategy the trainer talks to ----------------------------------------------------------
 class Strategy:
     """What the trainer asks of a strategy; ``Strategy.for_recipe(recipe)`` picks the class."""
@@ -258,13 +267,7 @@ class FSDPStrategy(Strategy):
 
     def full_model(self, acc, model):
         state = full_state_dict(model)
-        if not acc.is_main_process:
-            return None
-        from .models import build_model
-
-        full = build_model(model.config)
-        full.load_state_dict(state, strict=True)
-        return full.to(acc.device)
+        return rebuilt_model(model.config, state, acc.device) if acc.is_main_process else None
 
 
 class DeepSpeedStrategy(Strategy):
@@ -328,10 +331,6 @@ class DeepSpeedStrategy(Strategy):
             state[name] = (master if master is not None else p.detach()).float().cpu()
         if not acc.is_main_process:
             return None
-        from .models import build_model
-
         for name, buf in module.state_dict().items():
             state.setdefault(name, buf.detach().cpu())
-        full = build_model(module.config)
-        full.load_state_dict(state, strict=True)
-        return full.to(acc.device)
+        return rebuilt_model(module.config, state, acc.device)
